@@ -1,0 +1,133 @@
+"""Read a Hugging Face checkpoint directory one tensor at a time, without torch.
+
+Supported weight files: model.safetensors, sharded safetensors (model.safetensors.index.json),
+pytorch_model.bin and sharded .bin (pytorch_model.bin.index.json). Tensors are memory-mapped and
+converted to float32 a block of rows at a time, so peak memory stays near one block, not the model.
+"""
+import json
+import os
+
+import numpy as np
+
+from glmcpu.errors import GlmcpuError
+from glmcpu.file import Mapped
+from .torch_pickle import TorchCheckpoint
+
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+
+def to_f32(raw, st_dtype):
+    """Widen a raw block (float32 / float16 bits / bfloat16 bits) to a float32 array."""
+    if st_dtype == "F32":
+        return np.asarray(raw, dtype=np.float32)
+    if st_dtype == "F16":
+        return np.asarray(raw).view(np.float16).astype(np.float32)
+    if st_dtype == "BF16":
+        return (np.asarray(raw).astype(np.uint32) << 16).view(np.float32)
+    if st_dtype == "F64":
+        return np.asarray(raw).astype(np.float32)
+    raise GlmcpuError(f"unsupported tensor dtype {st_dtype}")
+
+
+class Tensor:
+    """One checkpoint tensor: name, shape, source dtype; data read lazily."""
+
+    def __init__(self, name, shape, st_dtype, path, read):
+        self.name = name
+        self.shape = tuple(shape)
+        self.st_dtype = st_dtype
+        self.path = path
+        self._read = read
+
+    def raw(self):
+        return self._read()
+
+    def rows_f32(self, r0=None, r1=None):
+        """float32 copy of rows r0:r1 (the whole tensor for 1-D or when no range is given)."""
+        raw = self.raw()
+        if raw.ndim >= 1 and r0 is not None:
+            raw = raw[r0:r1]
+        return to_f32(raw, self.st_dtype)
+
+    @property
+    def nbytes_f32(self):
+        return int(np.prod(self.shape, dtype=np.int64)) * 4
+
+
+class Checkpoint:
+    def __init__(self, src):
+        self.src = str(src)
+        if not os.path.exists(self.src):
+            raise GlmcpuError(f"{self.src}: no such directory")
+        if not os.path.isdir(self.src):
+            raise GlmcpuError(f"{self.src}: not a directory; give the Hugging Face checkpoint directory "
+                              f"(the one with config.json)")
+        cfg_path = os.path.join(self.src, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise GlmcpuError(f"{self.src}: no config.json; give the Hugging Face checkpoint directory "
+                              f"that holds config.json and the weights")
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                self.config = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise GlmcpuError(f"{cfg_path}: not valid JSON ({e})") from None
+        if not isinstance(self.config, dict):
+            raise GlmcpuError(f"{cfg_path}: not a JSON object")
+        self.tensors = {}
+        self.weight_files = []
+        self._open_weights()
+
+    def _path(self, name):
+        return os.path.join(self.src, name)
+
+    def _open_weights(self):
+        cands = ["model.safetensors.index.json", "model.safetensors",
+                 "pytorch_model.bin.index.json", "pytorch_model.bin"]
+        found = [c for c in cands if os.path.isfile(self._path(c))]
+        if not found:
+            raise GlmcpuError(f"{self.src}: no weights found (expected one of {', '.join(cands)})")
+        first = found[0]
+        if first.endswith(".index.json"):
+            idx_path = self._path(first)
+            try:
+                with open(idx_path, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+                assert isinstance(weight_map, dict)
+            except (json.JSONDecodeError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+                raise GlmcpuError(f"{idx_path}: not a valid index (needs a 'weight_map' object)") from None
+            shards = sorted(set(weight_map.values()))
+            for s in shards:
+                if not os.path.isfile(self._path(s)):
+                    raise GlmcpuError(f"{idx_path}: names shard {s!r}, which is missing from {self.src}")
+            for s in shards:
+                self._open_file(s)
+            missing = [n for n in weight_map if n not in self.tensors]
+            if missing:
+                raise GlmcpuError(f"{idx_path}: tensor {missing[0]!r} is not in shard {weight_map[missing[0]]!r}")
+        else:
+            self._open_file(first)
+
+    def _open_file(self, fname):
+        path = self._path(fname)
+        self.weight_files.append(path)
+        if fname.endswith(".safetensors"):
+            m = Mapped(path)
+            for name in m.names:
+                info = m.info(name)
+                self._add(Tensor(name, info["shape"], info["dtype"], path, lambda m=m, n=name: m.tensor(n)))
+        else:
+            ck = TorchCheckpoint(path)
+            for name, t in ck.tensors.items():
+                self._add(Tensor(name, t.shape, t.st_dtype, path, lambda ck=ck, t=t: ck.read(t)))
+
+    def _add(self, t):
+        if t.name in self.tensors:
+            raise GlmcpuError(f"{t.path}: tensor {t.name!r} also appears in {self.tensors[t.name].path}")
+        self.tensors[t.name] = t
+
+    def find_file(self, *names):
+        for n in names:
+            p = self._path(n)
+            if os.path.isfile(p):
+                return p
+        return None

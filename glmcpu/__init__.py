@@ -1,0 +1,18 @@
+"""glmcpu: quantized CPU inference for the ChatGLM family in numpy + numba."""
+import os as _os
+
+__version__ = "0.1.0"
+
+# In a source checkout, kernels/ and convert/ sit beside glmcpu/ and are installed as
+# glmcpu.kernels / glmcpu.convert (package-dir mapping in pyproject.toml). When this package
+# is imported straight from the checkout (e.g. `python -m glmcpu` in the repo root), let the
+# submodule search find them there too.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "kernels")) and _os.path.isfile(
+        _os.path.join(_root, "kernels", "__init__.py")):
+    __path__.append(_root)  # noqa: F821  (package __path__)
+
+from .errors import GlmcpuError, UnsupportedError  # noqa: E402
+from .model import Model, load  # noqa: E402
+
+__all__ = ["load", "Model", "GlmcpuError", "UnsupportedError", "__version__"]

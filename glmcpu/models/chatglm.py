@@ -1,0 +1,142 @@
+"""ChatGLM2-6B, ChatGLM3-6B and GLM-4-9B: one architecture.
+
+    x = embed(ids)
+    for each block:
+        h = x + attention(rmsnorm(x))          # grouped-query attention, rotary on half of each head
+        x = h + mlp(rmsnorm(h))                # SwiGLU
+    logits = output(rmsnorm(x))
+
+Weights are zero-copy views of the memory-mapped file; every buffer (KV cache, activations for
+a chunk of up to ``chunk`` tokens) is allocated once here, never inside forward.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from glmcpu import kernels as K
+from glmcpu.errors import GlmcpuError
+from glmcpu.linear import load_vector, make_linear
+
+
+@dataclass
+class ModelArgs:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    norm_eps: float
+    rope_dim: int          # rotated dims per head (half of head_dim)
+    rope_base: float       # 10000 * rope_ratio for ChatGLM3-32k/128k and GLM-4
+    rope_pos_scale: float  # positions divided by this (ChatGLM2-6B-32k's rope_ratio)
+    qkv_bias: bool
+    seq_length: int
+    eos_token_ids: list = field(default_factory=list)
+    pad_token_id: int = None
+    arch: str = "chatglm"
+
+    @classmethod
+    def from_dict(cls, d):
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def rope_tables(n_ctx, rope_dim, base, pos_scale):
+    """cos, sin [n_ctx, rope_dim // 2] in float32, computed as the official code does."""
+    exponents = np.arange(0, rope_dim, 2, dtype=np.float32) / np.float32(rope_dim)
+    theta = (np.float32(1.0) / np.power(np.float32(base), exponents)).astype(np.float32)
+    pos = np.arange(n_ctx, dtype=np.float32) / np.float32(pos_scale)
+    angles = np.outer(pos, theta).astype(np.float32)                  # [n_ctx, rope_dim/2]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class Block:
+    pass
+
+
+class ChatGLM:
+    def __init__(self, mf, n_ctx, threads, chunk=256):
+        a = self.args = ModelArgs.from_dict(mf.params)
+        self.n_ctx = n_ctx
+        self.chunk = C = max(1, min(chunk, n_ctx))
+        E, H, G, D, F = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff
+        qkv_dim = (H + 2 * G) * D
+        max_in = max(E, H * D, F)
+        # scratch for the f16 matmul: one widened weight row per work chunk
+        self.row_buf = np.zeros((4 * threads, max_in), np.float32)
+
+        def lin(name, shape):
+            return make_linear(mf, name, shape, self.row_buf)
+
+        self.tok_embd = lin("token_embd.weight", (a.n_vocab, E))       # [vocab, E]
+        self.blocks = []
+        for i in range(a.n_layer):
+            b, p = Block(), f"blk.{i}."
+            b.attn_norm = load_vector(mf, p + "attn_norm.weight", E)       # [E]
+            b.attn_qkv = lin(p + "attn_qkv.weight", (qkv_dim, E))          # [(H + 2G) D, E]
+            b.attn_qkv_bias = load_vector(mf, p + "attn_qkv.bias", qkv_dim) if a.qkv_bias else None
+            b.attn_output = lin(p + "attn_output.weight", (E, H * D))      # [E, H D]
+            b.ffn_norm = load_vector(mf, p + "ffn_norm.weight", E)         # [E]
+            b.ffn_up_gate = lin(p + "ffn_up_gate.weight", (2 * F, E))      # [2F, E]
+            b.ffn_down = lin(p + "ffn_down.weight", (E, F))                # [E, F]
+            self.blocks.append(b)
+        self.output_norm = load_vector(mf, "output_norm.weight", E)        # [E]
+        self.output = lin("output.weight", (a.n_vocab, E))                 # [vocab, E]
+
+        self.cos, self.sin = rope_tables(n_ctx, a.rope_dim, a.rope_base, a.rope_pos_scale)
+        self.scale = np.float32(1.0 / np.sqrt(D))
+        self.eps = np.float32(a.norm_eps)
+        try:
+            self.k_cache = np.zeros((a.n_layer, G, n_ctx, D), np.float32)  # [L, G, n_ctx, D]
+            self.v_cache = np.zeros((a.n_layer, G, n_ctx, D), np.float32)  # [L, G, n_ctx, D]
+            self.x = np.zeros((C, E), np.float32)            # residual stream
+            self.h = np.zeros((C, E), np.float32)            # normed input of a sublayer
+            self.tmp = np.zeros((C, E), np.float32)          # sublayer output
+            self.qkv = np.zeros((C, qkv_dim), np.float32)
+            self.attn = np.zeros((C, H * D), np.float32)
+            self.gu = np.zeros((C, 2 * F), np.float32)
+            self.act = np.zeros((C, F), np.float32)
+        except MemoryError:
+            gb = 2 * a.n_layer * G * n_ctx * D * 4 / 1e9
+            raise GlmcpuError(f"not enough memory for a {n_ctx}-token context ({gb:.1f} GB KV cache); "
+                              f"use a smaller context (n_ctx / --ctx)") from None
+
+    def kv_bytes(self):
+        return self.k_cache.nbytes + self.v_cache.nbytes
+
+    def forward_chunk(self, ids, pos0, logits):
+        """Run tokens ids [T <= chunk] at positions pos0.. ; write logits [T or 1, vocab] if given."""
+        a = self.args
+        T = ids.shape[0]
+        H, G, D = a.n_head, a.n_kv_head, a.head_dim
+        x, h, tmp = self.x[:T], self.h[:T], self.tmp[:T]
+        qkv, attn, gu, act = self.qkv[:T], self.attn[:T], self.gu[:T], self.act[:T]
+        qkv3 = qkv.reshape(T, H + 2 * G, D)                                  # [T, H + 2G, D]
+
+        self.tok_embd.embed(x, ids)                                          # [T, E]
+        for layer, b in enumerate(self.blocks):
+            # attention
+            K.rmsnorm(h, x, b.attn_norm, self.eps)                           # [T, E]
+            b.attn_qkv(qkv, h)                                               # [T, (H + 2G) D]
+            if b.attn_qkv_bias is not None:
+                qkv += b.attn_qkv_bias
+            K.rope_inplace(qkv3, self.cos, self.sin, pos0, H + G)           # q and k heads
+            kc, vc = self.k_cache[layer], self.v_cache[layer]                # [G, n_ctx, D]
+            kc[:, pos0:pos0 + T] = qkv3[:, H:H + G].transpose(1, 0, 2)       # [G, T, D]
+            vc[:, pos0:pos0 + T] = qkv3[:, H + G:].transpose(1, 0, 2)        # [G, T, D]
+            K.attention(attn.reshape(T, H, D), qkv3, kc, vc, pos0, self.scale)  # [T, H, D]
+            b.attn_output(tmp, attn)                                         # [T, E]
+            x += tmp
+            # mlp
+            K.rmsnorm(h, x, b.ffn_norm, self.eps)                            # [T, E]
+            b.ffn_up_gate(gu, h)                                             # [T, 2F]
+            K.swiglu(act, gu)                                                # [T, F]
+            b.ffn_down(tmp, act)                                             # [T, E]
+            x += tmp
+        if logits is not None:
+            last = x[T - logits.shape[0]:]                                   # [T or 1, E]
+            hn = h[: last.shape[0]]
+            K.rmsnorm(hn, last, self.output_norm, self.eps)
+            self.output(logits, hn)                                          # [T or 1, vocab]

@@ -1,0 +1,17 @@
+"""Numba kernels: pure functions over preallocated arrays, output argument first, no globals.
+
+Every kernel is compiled with ``cache=True`` and keeps dtypes stable (float32 activations,
+float32 / float16-as-uint16 weights) so each compiles to exactly one signature.
+"""
+from .f16 import f16_to_f32
+from .matmul import (matvec_f32, matmul_f32, matvec_f16, matmul_f16,
+                     embed_f32, embed_f16, dequant_rows_f16)
+from .norm import rmsnorm
+from .rope import rope_inplace
+from .attention import attention
+from .act import swiglu
+
+__all__ = [
+    "f16_to_f32", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16",
+    "embed_f32", "embed_f16", "dequant_rows_f16", "rmsnorm", "rope_inplace", "attention", "swiglu",
+]

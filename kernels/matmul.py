@@ -1,0 +1,86 @@
+"""Linear layers: y = x @ W.T with W stored row-major [n_out, n_in] (the PyTorch layout).
+
+matvec_*: one token, x [n_in] -> out [n_out], parallel over output rows.
+matmul_*: T tokens, x [T, n_in] -> out [T, n_out]; each weight row is read (and widened) once
+          and reused for all T tokens, parallel over output rows.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .f16 import f16_to_f32
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def matvec_f32(out, x, w):
+    n_out, n_in = w.shape
+    for i in prange(n_out):
+        acc = np.float32(0.0)
+        for j in range(n_in):
+            acc += w[i, j] * x[j]
+        out[i] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def matvec_f16(out, x, w):
+    n_out, n_in = w.shape
+    for i in prange(n_out):
+        acc = np.float32(0.0)
+        for j in range(n_in):
+            acc += f16_to_f32(w[i, j]) * x[j]
+        out[i] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def matmul_f32(out, x, w):
+    n_tok = x.shape[0]
+    n_out, n_in = w.shape
+    for i in prange(n_out):
+        for t in range(n_tok):
+            acc = np.float32(0.0)
+            for j in range(n_in):
+                acc += w[i, j] * x[t, j]
+            out[t, i] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def matmul_f16(out, row_buf, x, w):
+    """row_buf [n_threads_max, n_in] float32 scratch: each weight row is widened once."""
+    n_tok = x.shape[0]
+    n_out, n_in = w.shape
+    n_chunks = row_buf.shape[0]
+    rows_per_chunk = (n_out + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        buf = row_buf[c]
+        r1 = min(n_out, (c + 1) * rows_per_chunk)
+        for i in range(c * rows_per_chunk, r1):
+            for j in range(n_in):
+                buf[j] = f16_to_f32(w[i, j])
+            for t in range(n_tok):
+                acc = np.float32(0.0)
+                for j in range(n_in):
+                    acc += buf[j] * x[t, j]
+                out[t, i] = acc
+
+
+@njit(cache=True)
+def embed_f32(out, table, ids):
+    for t in range(ids.shape[0]):
+        out[t, :] = table[ids[t]]
+
+
+@njit(cache=True)
+def embed_f16(out, table, ids):
+    n = table.shape[1]
+    for t in range(ids.shape[0]):
+        row = ids[t]
+        for j in range(n):
+            out[t, j] = f16_to_f32(table[row, j])
+
+
+@njit(cache=True, parallel=True)
+def dequant_rows_f16(out, w):
+    """out [n_out, n_in] float32 <- w [n_out, n_in] float16 bits."""
+    n_out, n_in = w.shape
+    for i in prange(n_out):
+        for j in range(n_in):
+            out[i, j] = f16_to_f32(w[i, j])
