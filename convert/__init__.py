@@ -1,4 +1,4 @@
 """Hugging Face checkpoint -> glmcpu model file, without torch."""
-from .convert import convert
+from .pipeline import convert
 
 __all__ = ["convert"]

@@ -86,6 +86,8 @@ class ChatGLM:
         self.output = lin("output.weight", (a.n_vocab, E))                 # [vocab, E]
 
         self.cos, self.sin = rope_tables(n_ctx, a.rope_dim, a.rope_base, a.rope_pos_scale)
+        self.cos.setflags(write=False)  # constants, read-only like the weights
+        self.sin.setflags(write=False)
         self.scale = np.float32(1.0 / np.sqrt(D))
         self.eps = np.float32(a.norm_eps)
         try:

@@ -1,0 +1,170 @@
+"""Command line: glmcpu convert | info | verify  (also `python -m glmcpu ...`)."""
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import GlmcpuError
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+
+
+def _table(rows, header):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                                for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def cmd_convert(args):
+    from glmcpu.convert import convert
+    t0 = time.perf_counter()
+    log = lambda msg: print(msg, file=sys.stderr)
+    rows = convert(args.src, args.output, dtype=args.dtype, family=args.family,
+                   tokenizer=args.tokenizer, progress=None if not args.quiet else False, log=log)
+    dt = time.perf_counter() - t0
+    if not args.quiet:
+        table = [(n, "x".join(map(str, s)), q, f"{b:,}") for n, s, q, b in rows]
+        print(_table(table, ("name", "shape", "dtype", "bytes")))
+    total = os.path.getsize(args.output)
+    print(f"wrote {args.output}: {len(rows)} tensors, {_fmt_bytes(total)} in {dt:.1f}s")
+
+
+def cmd_info(args):
+    from glmcpu.file import ModelFile
+    mf = ModelFile(args.file)
+    if args.json:
+        meta = {k: v for k, v in mf.meta.items()}
+        for k in ("config", "params", "quantization", "tensors", "tokenizer"):
+            meta[k] = json.loads(meta[k]) if k in meta else None
+        if meta.get("tokenizer"):
+            meta["tokenizer"]["data"] = f"<{len(mf.tokenizer_bytes())} bytes>"
+        print(json.dumps(meta, indent=2, ensure_ascii=False))
+        return
+    p = mf.params
+    print(f"file:           {mf.path} ({_fmt_bytes(mf.size)})")
+    print(f"format:         glmcpu v{mf.format_version}, written by {mf.meta.get('converter', '?')}")
+    print(f"family:         {mf.family}")
+    print(f"source:         {mf.hf_config.get('_name_or_path', '?')}")
+    print(f"layers:         {p['n_layer']}, hidden {p['n_embd']}, ffn {p['n_ff']}, heads {p['n_head']} "
+          f"(kv {p['n_kv_head']}, dim {p['head_dim']}), vocab {p['n_vocab']}")
+    print(f"rope:           base {p['rope_base']:g}, position scale {p['rope_pos_scale']:g}, "
+          f"{p['rope_dim']} of {p['head_dim']} dims")
+    print(f"norm eps:       {p['norm_eps']:g}; trained context {p['seq_length']}; eos {p['eos_token_ids']}")
+    print(f"quantization:   {json.dumps(mf.quantization)}")
+    tok = mf.tokenizer_info
+    if tok:
+        print(f"tokenizer:      {tok['type']} ({tok['filename']}, {len(mf.tokenizer_bytes())} bytes, "
+              f"sha256 {tok['sha256'][:16]}...)")
+    else:
+        print("tokenizer:      none (convert with --tokenizer PATH to include one)")
+    rows, n_params, n_bytes = [], 0, 0
+    for name, info in mf.tensor_types.items():
+        nel = 1
+        for s in info["shape"]:
+            nel *= s
+        nb = sum(mf.tensor(part).nbytes for part in info.get("parts", {name: "data"}))
+        n_params += nel
+        n_bytes += nb
+        rows.append((name, "x".join(map(str, info["shape"])), info["type"], f"{8 * nb / nel:.2f}", f"{nb:,}"))
+    print(f"weights:        {n_params:,} parameters in {_fmt_bytes(n_bytes)} "
+          f"({8 * n_bytes / max(1, n_params):.2f} bits per weight)")
+    if not args.brief:
+        print()
+        print(_table(rows, ("tensor", "shape", "dtype", "bits/weight", "bytes")))
+
+
+def cmd_verify(args):
+    """Run a model on an expected.npz (prompt_ids, prefill_logits, decode_ids, decode_logits) and
+    print the max |diff| relative to max |expected| for the prefill and each decode step."""
+    import numpy as np
+    from glmcpu import load
+    try:
+        e = np.load(args.expected)
+        prompt, pre, dec_ids, dec = (e["prompt_ids"], e["prefill_logits"], e["decode_ids"], e["decode_logits"])
+    except (OSError, ValueError, KeyError) as err:
+        raise GlmcpuError(f"{args.expected}: not an expected.npz with prompt_ids, prefill_logits, "
+                          f"decode_ids and decode_logits ({err})") from None
+    t0 = time.perf_counter()
+    m = load(args.file, n_ctx=len(prompt) + len(dec_ids), threads=args.threads)
+    print(f"loaded {args.file} ({m.family}) in {time.perf_counter() - t0:.2f}s")
+    scale = float(np.abs(pre).max())
+    worst = 0.0
+    t0 = time.perf_counter()
+    got = m.forward(prompt)
+    d = float(np.abs(got - pre).max()) / scale
+    worst = max(worst, d)
+    print(f"prefill  {len(prompt):4d} tokens  max|diff|/max|expected| = {d:.2e}")
+    for i, tok in enumerate(dec_ids):
+        got = m.forward([int(tok)])[0]
+        d = float(np.abs(got - dec[i]).max()) / scale
+        worst = max(worst, d)
+        print(f"decode step {i}  token {int(tok):6d}  max|diff|/max|expected| = {d:.2e}  "
+              f"argmax {'same' if int(got.argmax()) == int(dec[i].argmax()) else 'DIFFERENT'}")
+    ok = worst <= args.tol
+    print(f"{'OK' if ok else 'NOT OK'}: worst {worst:.2e} (tolerance {args.tol:g}), "
+          f"{time.perf_counter() - t0:.2f}s including compile")
+    return 0 if ok else 1
+
+
+def build_parser():
+    from glmcpu import __version__
+    p = argparse.ArgumentParser(prog="glmcpu", description="ChatGLM inference on the CPU (numpy + numba).")
+    p.add_argument("--version", action="version", version=f"glmcpu {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="convert a Hugging Face checkpoint directory to a glmcpu file")
+    c.add_argument("src", help="checkpoint directory (config.json + *.safetensors or pytorch_model*.bin)")
+    c.add_argument("-o", "--output", required=True, help="output file (suggested extension: .glmq)")
+    c.add_argument("--dtype", default="f16", choices=["f32", "f16"],
+                   help="storage type of the weight matrices (default f16; norms and biases stay f32)")
+    c.add_argument("--family", choices=["chatglm2", "chatglm3", "glm4"],
+                   help="override family detection from config.json")
+    c.add_argument("--tokenizer", help="tokenizer.model to store in the file (default: the one in SRC)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser("info", help="print a model file's metadata and tensors")
+    i.add_argument("file")
+    i.add_argument("--brief", action="store_true", help="metadata only, no tensor table")
+    i.add_argument("--json", action="store_true", help="the raw metadata as JSON")
+    i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("verify", help="compare a model's logits with a reference expected.npz")
+    v.add_argument("file")
+    v.add_argument("expected", help="npz with prompt_ids, prefill_logits, decode_ids, decode_logits")
+    v.add_argument("--tol", type=float, default=1e-4, help="max |diff| / max |expected| allowed (default 1e-4)")
+    v.add_argument("--threads", type=int, default=None)
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except GlmcpuError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
