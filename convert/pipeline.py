@@ -11,11 +11,11 @@ from glmcpu.errors import GlmcpuError
 from glmcpu.file import FORMAT_NAME, FORMAT_VERSION
 from glmcpu.progress import Progress
 from . import families
-from .hf import Checkpoint
-from .quantize import QTYPES, get_qtype
+from .hf import Checkpoint, to_f32
+from .quantize import QTYPES, TILE_ROWS, get_qtype, pick_group_size
 from .writer import Part, write_file, check_output_path
 
-BLOCK_BYTES = 8 << 20  # float32 bytes converted at a time
+BLOCK_BYTES = 4 << 20  # float32 bytes of rows converted at a time
 
 
 def _tokenizer_entry(ck, family, tokenizer_path):
@@ -51,10 +51,22 @@ def _tokenizer_entry(ck, family, tokenizer_path):
             "config": tok_config, "data": base64.b64encode(data).decode("ascii")}
 
 
-def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, log=None):
+def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, log=None,
+            group_size=32, embedding_dtype=None, output_dtype=None):
     """Convert checkpoint directory ``src`` to the glmcpu file ``out``. Returns summary rows
-    [(name, shape, type, bytes)]."""
+    [(name, shape, type, bytes)].
+
+    dtype: type of the 2-D weights; embedding_dtype / output_dtype override it for the token
+    embedding and the output layer (e.g. "f16" to keep them unquantized). group_size: 32, 64 or
+    128 for the quantized types; a tensor whose row length it does not divide uses the largest
+    smaller group size that does, or f16 if none does (a note is logged either way).
+    """
     qtype = get_qtype(dtype)
+    q_embd = get_qtype(embedding_dtype or dtype)
+    q_out = get_qtype(output_dtype or dtype)
+    if group_size not in (32, 64, 128):
+        raise GlmcpuError(f"group size {group_size} is not supported; use 32, 64 or 128")
+    log = log or (lambda msg: None)
     out = check_output_path(out)
     ck = Checkpoint(src)
     for p in ck.weight_files:
@@ -64,62 +76,87 @@ def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, l
     params = families.build_params(ck.config, fam)
     plan = families.plan_tensors(ck, ck.config, params)
     tok = _tokenizer_entry(ck, fam, tokenizer)
-    if tok is None and log:
+    if tok is None:
         log(f"note: no tokenizer.model in {ck.src}; the file will have no tokenizer (pass --tokenizer PATH)")
 
-    f32 = QTYPES["f32"]
-    entries = []  # (name, source, perm, qtype, [Part])
+    entries = []  # (name, source, perm, qtype, group size, [Part])
     for name, t, perm in plan:
-        q = qtype if len(t.shape) == 2 else f32  # norms and biases stay float32
-        parts = [Part(name + suffix, st, shape) for suffix, st, shape in q.parts(t.shape)]
-        entries.append((name, t, perm, q, parts))
-    tensor_meta = {name: {"type": q.name, "shape": list(t.shape),
-                          "parts": {p.name: p.name[len(name):] or "data" for p in parts}}
-                   for name, t, perm, q, parts in entries}
+        if len(t.shape) != 2:
+            q, gs = QTYPES["f32"], None  # norms and biases stay float32
+        else:
+            q = {"token_embd.weight": q_embd, "output.weight": q_out}.get(name, qtype)
+            gs = None
+            if q.row_align > 1:
+                gs = pick_group_size(t.shape[1], group_size)
+                if gs is None:
+                    log(f"note: {name} has rows of {t.shape[1]} values, not a multiple of 32: kept in f16")
+                    q = QTYPES["f16"]
+                elif gs != group_size:
+                    log(f"note: {name} has rows of {t.shape[1]} values: group size {gs} instead of {group_size}")
+        parts = [Part(name + suffix, st, shape) for suffix, role, st, shape in q.parts(t.shape, gs)]
+        roles = {name + suffix: role for suffix, role, st, shape in q.parts(t.shape, gs)}
+        entries.append((name, t, perm, q, gs, parts, roles))
+    tensor_meta = {}
+    for name, t, perm, q, gs, parts, roles in entries:
+        tensor_meta[name] = {"type": q.name, "shape": list(t.shape), "parts": roles}
+        if gs:
+            tensor_meta[name]["group_size"] = gs
+    quant = {"dtype": qtype.name, "norms_and_biases": "f32",
+             "embedding": q_embd.name, "output": q_out.name}
+    if any(q.row_align > 1 for q in (qtype, q_embd, q_out)):
+        quant.update(group_size=group_size, tile_rows=TILE_ROWS, activations="int8 per 32 (fast kernels)")
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "family": fam,
         "config": json.dumps(ck.config, ensure_ascii=False),
         "params": json.dumps(params),
-        "quantization": json.dumps({"dtype": qtype.name, "norms_and_biases": "f32"}),
+        "quantization": json.dumps(quant),
         "tensors": json.dumps(tensor_meta),
         "tokenizer": json.dumps(tok),
         "converter": f"glmcpu {__version__}",
     }
-    all_parts = [p for e in entries for p in e[4]]
+    all_parts = [p for e in entries for p in e[5]]
     bar = Progress(len(entries), "convert", enabled=progress)
 
     def fill(w):
-        for name, t, perm, q, parts in entries:
-            _write_tensor(w, name, t, perm, q, parts)
+        for name, t, perm, q, gs, parts, roles in entries:
+            _write_tensor(w, t, perm, q, gs, parts)
             bar.update(1, name)
 
     try:
         write_file(out, all_parts, metadata, fill)
     finally:
         bar.close()
-    return [(name, tuple(t.shape), q.name, sum(p.nbytes for p in parts)) for name, t, perm, q, parts in entries]
+    return [(name, tuple(t.shape), q.name + (f"/g{gs}" if gs else ""), sum(p.nbytes for p in parts))
+            for name, t, perm, q, gs, parts, roles in entries]
 
 
-def _write_tensor(w, name, t, perm, q, parts):
+def _write_tensor(w, t, perm, q, gs, parts):
+    """Stream one tensor: blocks of rows are read, converted and encoded once; the first part is
+    written as it comes, the small later parts (scales, mins) are held until the first is done."""
     shape = t.shape
     if len(shape) == 1:
         blocks = [(None, None)]
     else:
         step = max(1, BLOCK_BYTES // (shape[1] * 4))
+        step = max(q.row_align, step // q.row_align * q.row_align)
         blocks = [(r, min(shape[0], r + step)) for r in range(0, shape[0], step)]
-    # Each part is written whole, in order: encode every block, keeping only the current part.
-    for k, part in enumerate(parts):
+    held = [[] for _ in parts[1:]]
+    w.seek_part(parts[0])
+    for r0, r1 in blocks:
+        if perm is None:
+            rows = t.rows_f32(r0, r1)
+        else:
+            idx = perm if r0 is None else perm[r0:r1]
+            rows = to_f32(t.raw()[idx], t.st_dtype)
+        if rows.size and not (np.isfinite(rows.max()) and np.isfinite(rows.min())):  # NaN propagates
+            raise GlmcpuError(f"{t.path}: tensor {t.name!r} contains NaN or infinity")
+        enc = q.encode(rows, t.name, gs)
+        w.write(enc[0])
+        for h, a in zip(held, enc[1:]):
+            h.append(a)
+    for part, h in zip(parts[1:], held):
         w.seek_part(part)
-        for r0, r1 in blocks:
-            if perm is None:
-                rows = t.rows_f32(r0, r1)
-            else:
-                raw = t.raw()
-                idx = perm if r0 is None else perm[r0:r1]
-                from .hf import to_f32
-                rows = to_f32(raw[idx], t.st_dtype)
-            if not np.isfinite(rows).all():
-                raise GlmcpuError(f"{t.path}: tensor {t.name!r} contains NaN or infinity")
-            w.write(q.encode(rows, t.name)[k])
+        for a in h:
+            w.write(a)

@@ -27,7 +27,9 @@ def cmd_convert(args):
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr)
     rows = convert(args.src, args.output, dtype=args.dtype, family=args.family,
-                   tokenizer=args.tokenizer, progress=None if not args.quiet else False, log=log)
+                   tokenizer=args.tokenizer, progress=None if not args.quiet else False, log=log,
+                   group_size=args.group_size, embedding_dtype=args.embedding_dtype,
+                   output_dtype=args.output_dtype)
     dt = time.perf_counter() - t0
     if not args.quiet:
         table = [(n, "x".join(map(str, s)), q, f"{b:,}") for n, s, q, b in rows]
@@ -72,12 +74,13 @@ def cmd_info(args):
         nb = sum(mf.tensor(part).nbytes for part in info.get("parts", {name: "data"}))
         n_params += nel
         n_bytes += nb
-        rows.append((name, "x".join(map(str, info["shape"])), info["type"], f"{8 * nb / nel:.2f}", f"{nb:,}"))
+        gs = f"g{info['group_size']}" if info.get("group_size") else ""
+        rows.append((name, "x".join(map(str, info["shape"])), info["type"], gs, f"{8 * nb / nel:.2f}", f"{nb:,}"))
     print(f"weights:        {n_params:,} parameters in {_fmt_bytes(n_bytes)} "
           f"({8 * n_bytes / max(1, n_params):.2f} bits per weight)")
     if not args.brief:
         print()
-        print(_table(rows, ("tensor", "shape", "dtype", "bits/weight", "bytes")))
+        print(_table(rows, ("tensor", "shape", "dtype", "group", "bits/weight", "bytes")))
 
 
 def cmd_verify(args):
@@ -92,8 +95,8 @@ def cmd_verify(args):
         raise GlmcpuError(f"{args.expected}: not an expected.npz with prompt_ids, prefill_logits, "
                           f"decode_ids and decode_logits ({err})") from None
     t0 = time.perf_counter()
-    m = load(args.file, n_ctx=len(prompt) + len(dec_ids), threads=args.threads)
-    print(f"loaded {args.file} ({m.family}) in {time.perf_counter() - t0:.2f}s")
+    m = load(args.file, n_ctx=len(prompt) + len(dec_ids), threads=args.threads, mode=args.mode)
+    print(f"loaded {args.file} ({m.family}, {args.mode} mode) in {time.perf_counter() - t0:.2f}s")
     scale = float(np.abs(pre).max())
     worst = 0.0
     t0 = time.perf_counter()
@@ -113,6 +116,9 @@ def cmd_verify(args):
     return 0 if ok else 1
 
 
+DTYPES = ["f32", "f16", "q8_0", "q4_0", "q4_1"]
+
+
 def build_parser():
     from glmcpu import __version__
     p = argparse.ArgumentParser(prog="glmcpu", description="ChatGLM inference on the CPU (numpy + numba).")
@@ -122,8 +128,12 @@ def build_parser():
     c = sub.add_parser("convert", help="convert a Hugging Face checkpoint directory to a glmcpu file")
     c.add_argument("src", help="checkpoint directory (config.json + *.safetensors or pytorch_model*.bin)")
     c.add_argument("-o", "--output", required=True, help="output file (suggested extension: .glmq)")
-    c.add_argument("--dtype", default="f16", choices=["f32", "f16"],
+    c.add_argument("--dtype", default="f16", choices=DTYPES,
                    help="storage type of the weight matrices (default f16; norms and biases stay f32)")
+    c.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128],
+                   help="values per scale for q8_0/q4_0/q4_1 (default 32)")
+    c.add_argument("--embedding-dtype", choices=DTYPES, help="type of the token embedding (default: --dtype)")
+    c.add_argument("--output-dtype", choices=DTYPES, help="type of the output layer (default: --dtype)")
     c.add_argument("--family", choices=["chatglm2", "chatglm3", "glm4"],
                    help="override family detection from config.json")
     c.add_argument("--tokenizer", help="tokenizer.model to store in the file (default: the one in SRC)")
@@ -141,6 +151,8 @@ def build_parser():
     v.add_argument("expected", help="npz with prompt_ids, prefill_logits, decode_ids, decode_logits")
     v.add_argument("--tol", type=float, default=1e-4, help="max |diff| / max |expected| allowed (default 1e-4)")
     v.add_argument("--threads", type=int, default=None)
+    v.add_argument("--mode", default="fast", choices=["fast", "exact", "reference"],
+                   help="fast kernels (default), exact (dequantized float32 weights) or the numpy reference")
     v.set_defaults(func=cmd_verify)
     return p
 

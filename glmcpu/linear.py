@@ -1,20 +1,62 @@
-"""Weight matrices and the kernel that multiplies by each, chosen once at load from the stored type."""
+"""Weight matrices and the kernel that multiplies by each, chosen once at load from the stored type.
+
+Every Linear has ``__call__(out [T, n_out], x [T, n_in])`` (y = x W^T) and ``embed(out, ids)``
+(rows of W, for the token embedding). Modes, chosen at load:
+  fast       numba kernels; quantized types quantize activations to int8 per 32-block
+  exact      weights dequantized to float32 at load (a copy) and float32 kernels: the exact
+             forward on the dequantized weights
+  reference  numpy scalar reference (glmcpu.quants.matmul_ref), float64 accumulation: defines
+             what the fast kernels compute
+"""
 import numpy as np
 
 from glmcpu import kernels as K
+from glmcpu import quants as Q
 from .errors import GlmcpuError
 
+MODES = ("fast", "exact", "reference")
+EMPTY_U16 = np.zeros((0, 0, 0), np.uint16)
+EMPTY_U16.setflags(write=False)
 
-class Linear:
-    """y = x @ W.T for W [n_out, n_in]; __call__(out [T, n_out], x [T, n_in])."""
+
+class Workspace:
+    """Scratch shared by all Linears of a model, allocated once at load."""
+
+    def __init__(self, chunk, max_in, threads, tile_rows=128):
+        R, TB = tile_rows, K.quant.TB
+        n = self.n_ranges = 4 * threads
+        self.row_buf = np.zeros((n, max_in), np.float32)              # f16 matmul: widened rows
+        self.acc1 = np.zeros((n, R), np.float32)                      # quantized matvec
+        self.p16_1 = np.zeros((n, R), np.int16)
+        self.p32_1 = np.zeros((n, R), np.int32)
+        self.acc = np.zeros((n, TB, R), np.float32)                   # quantized matmul
+        self.p16 = np.zeros((n, TB, R), np.int16)
+        self.p32 = np.zeros((n, TB, R), np.int32)
+        self.w = np.zeros((n, 2, R), np.int16)
+        self.xq = np.zeros((chunk, max_in), np.int8)                  # int8 activations
+        self.xd = np.zeros((chunk, max_in // 32), np.float32)
+        self.xs = np.zeros((chunk, max_in // 32), np.int32)
+        self._act = {}
+
+    def act(self, n_in):
+        """Views [chunk, n_in] of the activation buffers (C-contiguous, one per width)."""
+        if n_in not in self._act:
+            c = self.xq.shape[0]
+            self._act[n_in] = (self.xq.reshape(-1)[: c * n_in].reshape(c, n_in),
+                               self.xd.reshape(-1)[: c * (n_in // 32)].reshape(c, n_in // 32),
+                               self.xs.reshape(-1)[: c * (n_in // 32)].reshape(c, n_in // 32))
+        return self._act[n_in]
+
+    def nbytes(self):
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+
+class LinearF32:
+    type = "f32"
 
     def __init__(self, w):
         self.w = w
         self.n_out, self.n_in = w.shape
-
-
-class LinearF32(Linear):
-    type = "f32"
 
     def __call__(self, out, x):
         if x.shape[0] == 1:
@@ -26,24 +68,113 @@ class LinearF32(Linear):
         K.embed_f32(out, self.w, ids)
 
 
-class LinearF16(Linear):
+class LinearF16:
     type = "f16"
 
-    def __init__(self, w, row_buf):
-        super().__init__(w)
-        self.row_buf = row_buf  # shared scratch [n_chunks, >= n_in] float32
+    def __init__(self, w, ws):
+        self.w, self.ws = w, ws
+        self.n_out, self.n_in = w.shape
 
     def __call__(self, out, x):
         if x.shape[0] == 1:
             K.matvec_f16(out[0], x[0], self.w)
         else:
-            K.matmul_f16(out, self.row_buf, x, self.w)
+            K.matmul_f16(out, self.ws.row_buf, x, self.w)
 
     def embed(self, out, ids):
         K.embed_f16(out, self.w, ids)
 
 
-def make_linear(mf, name, shape, row_buf):
+class LinearQ4:
+    """q4_0 (mins empty) and q4_1."""
+
+    def __init__(self, qtype, qs, d, m, n_out, ws):
+        self.type, self.qs, self.d, self.m, self.ws = qtype, qs, d, m, ws
+        self.n_out, self.n_in = n_out, qs.shape[1] * 32
+        self.xq, self.xd, self.xs = ws.act(self.n_in)
+
+    def __call__(self, out, x):
+        T, ws = x.shape[0], self.ws
+        xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
+        K.quantize_act(xq, xd, xs, x)
+        if T == 1:
+            K.matvec_q4(out[0], ws.acc1, ws.p16_1, xq, xd, xs, self.qs, self.d, self.m, self.n_out)
+        else:
+            K.matmul_q4(out, ws.acc, ws.p16, ws.w, xq, xd, xs, self.qs, self.d, self.m, self.n_out)
+
+    def embed(self, out, ids):
+        K.embed_q4(out, self.qs, self.d, self.m, ids)
+
+    def dequantize(self):
+        out = np.empty((self.n_out, self.n_in), np.float32)
+        for r in range(self.n_out):
+            K.dequant_row_q4(out[r], self.qs, self.d, self.m, r)
+        return out
+
+
+class LinearQ8_0:
+    type = "q8_0"
+
+    def __init__(self, qs, d, n_out, ws):
+        self.qs, self.d, self.ws = qs, d, ws
+        self.n_out, self.n_in = n_out, qs.shape[1] * 32
+        self.xq, self.xd, self.xs = ws.act(self.n_in)
+
+    def __call__(self, out, x):
+        T, ws = x.shape[0], self.ws
+        xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
+        K.quantize_act(xq, xd, xs, x)
+        if T == 1:
+            K.matvec_q8_0(out[0], ws.acc1, ws.p32_1, xq, xd, self.qs, self.d, self.n_out)
+        else:
+            K.matmul_q8_0(out, ws.acc, ws.p32, ws.w, xq, xd, self.qs, self.d, self.n_out)
+
+    def embed(self, out, ids):
+        K.embed_q8_0(out, self.qs, self.d, ids)
+
+    def dequantize(self):
+        out = np.empty((self.n_out, self.n_in), np.float32)
+        for r in range(self.n_out):
+            K.dequant_row_q8_0(out[r], self.qs, self.d, r)
+        return out
+
+
+class LinearReference:
+    """numpy reference: for quantized types glmcpu.quants.matmul_ref on the untiled (ggml row
+    order) arrays, which the fast kernels must equal bit for bit; float64 products otherwise."""
+
+    def __init__(self, lin):
+        self.type = "reference"
+        self.n_out, self.n_in = lin.n_out, lin.n_in
+        self.w = dequantize_linear(lin)
+        self.kind = getattr(lin, "type", None)
+        if self.kind in ("q4_0", "q4_1", "q8_0"):
+            n = self.n_out
+            self.q = Q.untile(lin.qs, n)                       # [n, k] int8 or [n, k/2] nibbles
+            self.d = Q.untile(lin.d[:, :, None, :], n).view(np.float16)
+            self.m = Q.untile(lin.m[:, :, None, :], n).view(np.float16) if self.kind == "q4_1" else None
+            self.gs = self.n_in // self.d.shape[1]
+
+    def __call__(self, out, x):
+        if self.kind in ("q4_0", "q4_1", "q8_0"):
+            out[:] = Q.matmul_ref(self.kind, self.q, self.d, self.m, self.gs, x)
+        else:
+            out[:] = (x.astype(np.float64) @ self.w.astype(np.float64).T).astype(np.float32)
+
+    def embed(self, out, ids):
+        out[:] = self.w[ids]
+
+
+def _part(mf, name, role, info):
+    for pname, prole in info.get("parts", {name: "data"}).items():
+        if prole == role:
+            if pname not in mf.header:
+                break
+            return mf.tensor(pname)
+    raise GlmcpuError(f"{mf.path}: corrupted file: part {role!r} of {name!r} is missing")
+
+
+def make_linear(mf, name, shape, ws, mode="fast"):
     """The Linear for tensor ``name`` of ModelFile ``mf``, checking its stored type and shape."""
     info = mf.tensor_types.get(name)
     if info is None:
@@ -51,14 +182,48 @@ def make_linear(mf, name, shape, row_buf):
     if tuple(info["shape"]) != tuple(shape):
         raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} has shape {info['shape']}, expected {list(shape)}")
     t = info["type"]
-    w = mf.tensor(name)
-    if tuple(w.shape) != tuple(shape):
-        raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} stored with shape {list(w.shape)}")
-    if t == "f32" and w.dtype == np.float32:
-        return LinearF32(w)
-    if t == "f16" and w.dtype == np.uint16:
-        return LinearF16(w, row_buf)
-    raise GlmcpuError(f"{mf.path}: tensor {name!r} has type {t!r}, which this glmcpu cannot run (upgrade glmcpu)")
+    n_out, n_in = shape
+    try:
+        if t == "f32":
+            lin = LinearF32(_part(mf, name, "data", info))
+        elif t == "f16":
+            lin = LinearF16(_part(mf, name, "data", info), ws)
+        elif t in ("q4_0", "q4_1", "q8_0"):
+            qs, d = _part(mf, name, "quants", info), _part(mf, name, "scales", info)
+            gs = info["group_size"]
+            R = qs.shape[-1]
+            per = 32 if t == "q8_0" else 16
+            want_qs = (-(-n_out // R), n_in // 32, per, R)
+            if qs.shape != want_qs or d.shape != (want_qs[0], n_in // gs, R) or R != ws.acc1.shape[1]:
+                raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} parts have shapes {qs.shape}, {d.shape}")
+            if t == "q8_0":
+                lin = LinearQ8_0(qs, d, n_out, ws)
+            else:
+                m = _part(mf, name, "mins", info) if t == "q4_1" else EMPTY_U16
+                if m.shape not in (d.shape, (0, 0, 0)):
+                    raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} mins have shape {m.shape}")
+                lin = LinearQ4(t, qs, d, m, n_out, ws)
+        else:
+            raise GlmcpuError(f"{mf.path}: tensor {name!r} has type {t!r}, which this glmcpu cannot run (upgrade glmcpu)")
+    except (KeyError, TypeError, ValueError) as e:
+        raise GlmcpuError(f"{mf.path}: corrupted file: bad description of {name!r} ({e})") from None
+    if lin.type == "f32" and lin.w.dtype != np.float32 or lin.type == "f16" and lin.w.dtype != np.uint16:
+        raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} stored with the wrong dtype")
+    if mode == "fast":
+        return lin
+    if mode == "exact":
+        w32 = dequantize_linear(lin)
+        w32.setflags(write=False)
+        return LinearF32(w32)
+    return LinearReference(lin)
+
+
+def dequantize_linear(lin):
+    if isinstance(lin, LinearF32):
+        return np.array(lin.w, np.float32)
+    if isinstance(lin, LinearF16):
+        return lin.w.view(np.float16).astype(np.float32)
+    return lin.dequantize()
 
 
 def load_vector(mf, name, n):

@@ -4,6 +4,7 @@ import numba
 
 from .errors import GlmcpuError
 from .file import ModelFile
+from .linear import MODES
 from .threads import resolve_threads
 
 ARCHS = {}
@@ -26,15 +27,18 @@ class Model:
     (``ModelArgs``), ``hf_config`` the original config.json.
     """
 
-    def __init__(self, path, n_ctx=4096, threads=None):
+    def __init__(self, path, n_ctx=4096, threads=None, mode="fast"):
         if not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
             raise GlmcpuError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if mode not in MODES:
+            raise GlmcpuError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.path = str(path)
         self.threads = resolve_threads(threads)
         self.file = ModelFile(self.path)
         self.family = self.file.family
         self.hf_config = self.file.hf_config
-        self._impl = _arch(self.file.params.get("arch"))(self.file, int(n_ctx), self.threads)
+        self.mode = mode
+        self._impl = _arch(self.file.params.get("arch"))(self.file, int(n_ctx), self.threads, mode=mode)
         self.config = self._impl.args
         self.vocab_size = self.config.n_vocab
         self.n_ctx = int(n_ctx)
@@ -82,9 +86,12 @@ class Model:
         return f"<glmcpu.Model {self.family} {self.path!r} n_ctx={self.n_ctx} threads={self.threads}>"
 
 
-def load(path, n_ctx=4096, threads=None):
+def load(path, n_ctx=4096, threads=None, mode="fast"):
     """Memory-map a glmcpu model file and allocate its KV cache for ``n_ctx`` tokens.
 
-    threads=None uses all physical cores.
+    threads=None uses all physical cores. mode: "fast" (the default: numba kernels, int8
+    activations for quantized weights), "exact" (weights dequantized to float32 at load, a
+    copy: the exact forward on the dequantized weights) or "reference" (numpy scalar reference
+    of what the fast kernels compute; slow, for tests).
     """
-    return Model(path, n_ctx=n_ctx, threads=threads)
+    return Model(path, n_ctx=n_ctx, threads=threads, mode=mode)

@@ -10,8 +10,13 @@ from .norm import rmsnorm
 from .rope import rope_inplace
 from .attention import attention
 from .act import swiglu
+from . import quant
+from .quant import (quantize_act, matvec_q4, matmul_q4, matvec_q8_0, matmul_q8_0,
+                    dequant_row_q4, dequant_row_q8_0, embed_q4, embed_q8_0)
 
 __all__ = [
     "f16_to_f32", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16",
     "embed_f32", "embed_f16", "dequant_rows_f16", "rmsnorm", "rope_inplace", "attention", "swiglu",
+    "quantize_act", "matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0",
+    "dequant_row_q4", "dequant_row_q8_0", "embed_q4", "embed_q8_0",
 ]

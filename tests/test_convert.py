@@ -210,7 +210,8 @@ def test_tokenizer_bytes_are_stored(tmp_path):
                 tokenizer=os.path.join(TOKENIZERS, "chatglm2-chatglm3", "tokenizer.model"), progress=False)
 
 
-def test_convert_memory_is_bounded_by_a_block_not_the_model(tmp_path):
+@pytest.mark.parametrize("dtype", ["f16", "q4_0"])
+def test_convert_memory_is_bounded_by_a_block_not_the_model(tmp_path, dtype):
     """Peak Python/numpy allocations while converting an ~85 MB checkpoint stay far below its size."""
     import tracemalloc
     cfg = json.load(open(os.path.join(golden("chatglm3-tiny"), "config.json")))
@@ -238,8 +239,9 @@ def test_convert_memory_is_bounded_by_a_block_not_the_model(tmp_path):
     largest = V * E * 4
     assert model_bytes > 80e6
     tracemalloc.start()
-    convert(str(src), str(tmp_path / "big.glmq"), dtype="f16", progress=False)
+    convert(str(src), str(tmp_path / "big.glmq"), dtype=dtype, progress=False)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    # a 4 MB block of rows and its temporaries, plus (q4_0) the scales held until the quants are written
     assert peak < 0.5 * largest, (peak, largest)
-    assert peak < 0.1 * model_bytes
+    assert peak < 0.2 * model_bytes

@@ -15,7 +15,7 @@ import numpy as np
 
 from glmcpu import kernels as K
 from glmcpu.errors import GlmcpuError
-from glmcpu.linear import load_vector, make_linear
+from glmcpu.linear import Workspace, load_vector, make_linear
 
 
 @dataclass
@@ -57,18 +57,17 @@ class Block:
 
 
 class ChatGLM:
-    def __init__(self, mf, n_ctx, threads, chunk=256):
+    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
         a = self.args = ModelArgs.from_dict(mf.params)
         self.n_ctx = n_ctx
         self.chunk = C = max(1, min(chunk, n_ctx))
         E, H, G, D, F = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff
         qkv_dim = (H + 2 * G) * D
-        max_in = max(E, H * D, F)
-        # scratch for the f16 matmul: one widened weight row per work chunk
-        self.row_buf = np.zeros((4 * threads, max_in), np.float32)
+        tile_rows = int(mf.quantization.get("tile_rows", 128))
+        self.ws = Workspace(C, max(E, H * D, F), threads, tile_rows)  # kernel scratch
 
         def lin(name, shape):
-            return make_linear(mf, name, shape, self.row_buf)
+            return make_linear(mf, name, shape, self.ws, mode)
 
         self.tok_embd = lin("token_embd.weight", (a.n_vocab, E))       # [vocab, E]
         self.blocks = []
@@ -107,6 +106,10 @@ class ChatGLM:
 
     def kv_bytes(self):
         return self.k_cache.nbytes + self.v_cache.nbytes
+
+    def scratch_bytes(self):
+        bufs = (self.x, self.h, self.tmp, self.qkv, self.attn, self.gu, self.act, self.cos, self.sin)
+        return self.ws.nbytes() + sum(b.nbytes for b in bufs)
 
     def forward_chunk(self, ids, pos0, logits):
         """Run tokens ids [T <= chunk] at positions pos0.. ; write logits [T or 1, vocab] if given."""

@@ -1,0 +1,254 @@
+"""Kernels for the group-quantized types (layouts in glmcpu/quants.py and docs/FORMAT.md).
+
+Weights are row-tiled: qs[tile, sub, j, r] is byte j of 32-element sub-block ``sub`` of row
+tile*R + r, so the innermost loops run over the R rows of a tile, which LLVM vectorizes with
+no horizontal sums. Activations are int8 per 32-block (``quantize_act``); a 4-bit sub-block's
+32 products (|q - 8| <= 8, |x| <= 127) sum to at most 32512 and are accumulated exactly in
+int16 lanes (32 per AVX-512 register), then scaled into float32 once per sub-block.
+
+No fastmath here: the integer loops vectorize without it, and the float32 block terms are
+then computed in exactly the order written, so the kernels equal glmcpu.quants.matmul_ref
+bit for bit on every machine.
+
+matvec_*: one token; matmul_*: T tokens, each unpacked weight byte reused for a block of
+tokens. Both are parallel over contiguous ranges of tiles; ``scr_*`` are per-range scratch
+buffers (first axis: range), so nothing is allocated here.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .f16 import f16_to_f32
+
+TB = 16  # tokens per block in matmul: int16 partial sums [TB, R] stay in L1
+
+
+@njit(cache=True, parallel=True)  # no fastmath: must equal the numpy reference bit for bit
+def quantize_act(xq, xd, xs, x):
+    """x [T, K] float32 -> xq [T, K] int8, xd [T, K/32] float32 scale, xs [T, K/32] int32 sum of xq."""
+    T, K = x.shape
+    for t in prange(T):
+        for b in range(K // 32):
+            amax = np.float32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(x[t, b * 32 + j]))
+            d = amax / np.float32(127.0)
+            inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+            s = 0
+            for j in range(32):
+                q = np.int8(np.rint(x[t, b * 32 + j] * inv))
+                xq[t, b * 32 + j] = q
+                s += q
+            xd[t, b] = d
+            xs[t, b] = s
+
+
+# ---------------------------------------------------------------- 4-bit core (q4_0 and q4_1)
+
+@njit(cache=True, parallel=True)
+def matvec_q4(out, scr_acc, scr_p, xq, xd, xs, qs, d, m, n_out):
+    """out [n_out] = W x. q4_0 when m has zero size (value (q - 8) d), q4_1 otherwise (q d + m).
+
+    scr_acc [n_ranges, R] float32, scr_p [n_ranges, R] int16."""
+    n_tiles, n_sub, _, R = qs.shape
+    spg = n_sub // d.shape[1]
+    has_min = m.size > 0
+    n_ranges = scr_p.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        acc = scr_acc[c]
+        p = scr_p[c]
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            for r in range(R):
+                acc[r] = 0.0
+            for sb in range(n_sub):
+                g = sb // spg
+                for r in range(R):
+                    p[r] = 0
+                for j in range(16):
+                    x0 = np.int16(xq[0, sb * 32 + j])
+                    x1 = np.int16(xq[0, sb * 32 + 16 + j])
+                    for r in range(R):
+                        q = qs[ti, sb, j, r]
+                        p[r] = np.int16(p[r] + (np.int16(q & 15) - 8) * x0 + (np.int16(q >> 4) - 8) * x1)
+                s = xd[0, sb]
+                if has_min:
+                    sx = np.float32(xs[0, sb])
+                    sx8 = np.float32(8.0) * sx
+                    for r in range(R):
+                        acc[r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(p[r]) + sx8)
+                                       + f16_to_f32(m[ti, g, r]) * sx)
+                else:
+                    for r in range(R):
+                        acc[r] += np.float32(p[r]) * (s * f16_to_f32(d[ti, g, r]))
+            for r in range(min(R, n_out - ti * R)):
+                out[ti * R + r] = acc[r]
+
+
+@njit(cache=True, parallel=True)
+def matmul_q4(out, scr_acc, scr_p, scr_w, xq, xd, xs, qs, d, m, n_out):
+    """out [T, n_out] = x W^T for T tokens. scr_acc [n_ranges, TB, R] float32,
+    scr_p [n_ranges, TB, R] int16, scr_w [n_ranges, 2, R] int16 (unpacked low/high nibbles)."""
+    n_tiles, n_sub, _, R = qs.shape
+    T = xq.shape[0]
+    spg = n_sub // d.shape[1]
+    has_min = m.size > 0
+    n_ranges = scr_p.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        acc = scr_acc[c]
+        p = scr_p[c]
+        wl = scr_w[c, 0]
+        wh = scr_w[c, 1]
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            r_end = min(R, n_out - ti * R)
+            for t0 in range(0, T, TB):
+                nt = min(TB, T - t0)
+                for t in range(nt):
+                    for r in range(R):
+                        acc[t, r] = 0.0
+                for sb in range(n_sub):
+                    g = sb // spg
+                    for t in range(nt):
+                        for r in range(R):
+                            p[t, r] = 0
+                    for j in range(16):
+                        for r in range(R):
+                            q = qs[ti, sb, j, r]
+                            wl[r] = np.int16(q & 15) - 8
+                            wh[r] = np.int16(q >> 4) - 8
+                        for t in range(nt):
+                            x0 = np.int16(xq[t0 + t, sb * 32 + j])
+                            x1 = np.int16(xq[t0 + t, sb * 32 + 16 + j])
+                            for r in range(R):
+                                p[t, r] = np.int16(p[t, r] + wl[r] * x0 + wh[r] * x1)
+                    for t in range(nt):
+                        s = xd[t0 + t, sb]
+                        if has_min:
+                            sx = np.float32(xs[t0 + t, sb])
+                            sx8 = np.float32(8.0) * sx
+                            for r in range(R):
+                                acc[t, r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(p[t, r]) + sx8)
+                                                  + f16_to_f32(m[ti, g, r]) * sx)
+                        else:
+                            for r in range(R):
+                                acc[t, r] += np.float32(p[t, r]) * (s * f16_to_f32(d[ti, g, r]))
+                for t in range(nt):
+                    for r in range(r_end):
+                        out[t0 + t, ti * R + r] = acc[t, r]
+
+
+# ---------------------------------------------------------------- q8_0
+
+@njit(cache=True, parallel=True)
+def matvec_q8_0(out, scr_acc, scr_p, xq, xd, qs, d, n_out):
+    """out [n_out] = W x; scr_acc [n_ranges, R] float32, scr_p [n_ranges, R] int32."""
+    n_tiles, n_sub, _, R = qs.shape
+    spg = n_sub // d.shape[1]
+    n_ranges = scr_p.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        acc = scr_acc[c]
+        p = scr_p[c]
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            for r in range(R):
+                acc[r] = 0.0
+            for sb in range(n_sub):
+                g = sb // spg
+                for r in range(R):
+                    p[r] = 0
+                for j in range(0, 32, 2):
+                    x0 = np.int16(xq[0, sb * 32 + j])
+                    x1 = np.int16(xq[0, sb * 32 + j + 1])
+                    for r in range(R):
+                        # two int8 products fit int16 (<= 2 * 127 * 127); sums of 32 need int32
+                        p[r] += np.int32(np.int16(qs[ti, sb, j, r]) * x0 + np.int16(qs[ti, sb, j + 1, r]) * x1)
+                s = xd[0, sb]
+                for r in range(R):
+                    acc[r] += np.float32(p[r]) * (s * f16_to_f32(d[ti, g, r]))
+            for r in range(min(R, n_out - ti * R)):
+                out[ti * R + r] = acc[r]
+
+
+@njit(cache=True, parallel=True)
+def matmul_q8_0(out, scr_acc, scr_p, scr_w, xq, xd, qs, d, n_out):
+    """out [T, n_out]; scr_acc [n_ranges, TB, R] float32, scr_p [n_ranges, TB, R] int32,
+    scr_w [n_ranges, 2, R] int16."""
+    n_tiles, n_sub, _, R = qs.shape
+    T = xq.shape[0]
+    spg = n_sub // d.shape[1]
+    n_ranges = scr_p.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        acc = scr_acc[c]
+        p = scr_p[c]
+        w0 = scr_w[c, 0]
+        w1 = scr_w[c, 1]
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            r_end = min(R, n_out - ti * R)
+            for t0 in range(0, T, TB):
+                nt = min(TB, T - t0)
+                for t in range(nt):
+                    for r in range(R):
+                        acc[t, r] = 0.0
+                for sb in range(n_sub):
+                    g = sb // spg
+                    for t in range(nt):
+                        for r in range(R):
+                            p[t, r] = 0
+                    for j in range(0, 32, 2):
+                        for r in range(R):
+                            w0[r] = qs[ti, sb, j, r]
+                            w1[r] = qs[ti, sb, j + 1, r]
+                        for t in range(nt):
+                            x0 = np.int16(xq[t0 + t, sb * 32 + j])
+                            x1 = np.int16(xq[t0 + t, sb * 32 + j + 1])
+                            for r in range(R):
+                                p[t, r] += np.int32(w0[r] * x0 + w1[r] * x1)
+                    for t in range(nt):
+                        s = xd[t0 + t, sb]
+                        for r in range(R):
+                            acc[t, r] += np.float32(p[t, r]) * (s * f16_to_f32(d[ti, g, r]))
+                for t in range(nt):
+                    for r in range(r_end):
+                        out[t0 + t, ti * R + r] = acc[t, r]
+
+
+# ---------------------------------------------------------------- dequantization of rows
+
+@njit(cache=True)
+def dequant_row_q4(out, qs, d, m, row):
+    """out [K] float32 <- row ``row`` of a tiled q4_0 (m empty) / q4_1 matrix."""
+    n_tiles, n_sub, _, R = qs.shape
+    spg = n_sub // d.shape[1]
+    ti, r = row // R, row % R
+    for sb in range(n_sub):
+        g = sb // spg
+        dd = f16_to_f32(d[ti, g, r])
+        mm = f16_to_f32(m[ti, g, r]) if m.size > 0 else np.float32(-8.0) * dd
+        for j in range(16):
+            q = qs[ti, sb, j, r]
+            out[sb * 32 + j] = np.float32(q & 15) * dd + mm
+            out[sb * 32 + 16 + j] = np.float32(q >> 4) * dd + mm
+
+
+@njit(cache=True)
+def dequant_row_q8_0(out, qs, d, row):
+    n_tiles, n_sub, _, R = qs.shape
+    spg = n_sub // d.shape[1]
+    ti, r = row // R, row % R
+    for sb in range(n_sub):
+        dd = f16_to_f32(d[ti, sb // spg, r])
+        for j in range(32):
+            out[sb * 32 + j] = np.float32(qs[ti, sb, j, r]) * dd
+
+
+@njit(cache=True)
+def embed_q4(out, qs, d, m, ids):
+    for t in range(ids.shape[0]):
+        dequant_row_q4(out[t], qs, d, m, ids[t])
+
+
+@njit(cache=True)
+def embed_q8_0(out, qs, d, ids):
+    for t in range(ids.shape[0]):
+        dequant_row_q8_0(out[t], qs, d, ids[t])
