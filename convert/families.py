@@ -168,6 +168,8 @@ def build_params(config, family):
         "seq_length": int(config.get("seq_length", 2048)),
         "eos_token_ids": [int(e) for e in eos if e is not None],
         "pad_token_id": config.get("pad_token_id"),
+        # a base (pre-trained, not chat-tuned) model, e.g. chatglm3-6b-base: raw completion, no chat template
+        "chat": "base" not in re.split(r"[-_/.]", str(config.get("_name_or_path", "")).lower()),
     }
 
 

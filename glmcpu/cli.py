@@ -119,6 +119,102 @@ def cmd_verify(args):
 DTYPES = ["f32", "f16", "q8_0", "q4_0", "q4_1"]
 
 
+def _sampling(args):
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                repetition_penalty=args.repeat_penalty, seed=args.seed)
+
+
+def _stream(it, out):
+    """Print pieces as they come; Ctrl-C stops the reply. Returns True if interrupted."""
+    try:
+        for piece in it:
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        it.close()
+        return True
+    finally:
+        pass
+    return False
+
+
+def _report(model, load_s):
+    st = model.last_stats
+    pre = st.get("prompt_tokens", 0) - st.get("cached_tokens", 0)
+    print(f"[load {load_s:.2f}s | prompt {st.get('prompt_tokens', 0)} tokens ({st.get('cached_tokens', 0)} cached), "
+          f"prefill {pre / max(st.get('prefill_s', 0), 1e-9):.1f} tok/s | "
+          f"{st.get('new_tokens', 0)} new tokens, decode {st.get('new_tokens', 0) / max(st.get('decode_s', 0), 1e-9):.1f} tok/s"
+          f" | {st.get('finish')}]", file=sys.stderr)
+
+
+def cmd_run(args):
+    from glmcpu import load
+    t0 = time.perf_counter()
+    model = load(args.model, n_ctx=args.ctx, threads=args.threads)
+    load_s = time.perf_counter() - t0
+    model.tokenizer  # fails now, with one line, if the file has no tokenizer
+    chat = model.is_chat and not args.raw
+    sampling = _sampling(args)
+    out = sys.stdout
+    if args.prompt is not None:
+        if chat:
+            msgs = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": args.prompt}]
+            it = model.chat(msgs, **sampling)
+        else:
+            it = model.generate(args.prompt, **sampling)
+        interrupted = _stream(it, out)
+        out.write("\n")
+        out.flush()
+        if args.verbose:
+            _report(model, load_s)
+        return 130 if interrupted else 0
+    # interactive
+    mode = "chat" if chat else "completion (base model: each line is continued, no history)"
+    print(f"glmcpu: {model.family} {mode}, n_ctx {model.n_ctx}, {model.threads} threads. "
+          f"/reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply.", file=sys.stderr)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history = []
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print("\n(use /exit or Ctrl-D to quit)", file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return 0
+        if text == "/reset":
+            history = []
+            model.reset()
+            print("(conversation reset)", file=sys.stderr)
+            continue
+        try:
+            if chat:
+                msgs = system + history + [{"role": "user", "content": line}]
+                it = model.chat(msgs, **sampling)
+            else:
+                it = model.generate(line, **sampling)
+        except GlmcpuError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        interrupted = _stream(it, out)
+        out.write("\n")
+        out.flush()
+        if interrupted:
+            print("[interrupted]", file=sys.stderr)
+        if chat:
+            history += [{"role": "user", "content": line},
+                        {"role": "assistant", "content": model.last_stats.get("text", "")}]
+        if args.verbose:
+            _report(model, load_s)
+
+
 def build_parser():
     from glmcpu import __version__
     p = argparse.ArgumentParser(prog="glmcpu", description="ChatGLM inference on the CPU (numpy + numba).")
@@ -154,6 +250,22 @@ def build_parser():
     v.add_argument("--mode", default="fast", choices=["fast", "exact", "reference"],
                    help="fast kernels (default), exact (dequantized float32 weights) or the numpy reference")
     v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser("run", help="chat with a model (or complete text with a base model)")
+    r.add_argument("-m", "--model", required=True, help="model file made by glmcpu convert")
+    r.add_argument("-p", "--prompt", help="answer this one prompt and exit (default: interactive chat)")
+    r.add_argument("--system", help="system prompt (ChatGLM3 and GLM-4; others have no system role)")
+    r.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
+    r.add_argument("--threads", type=int, default=None, help="default: all physical cores")
+    r.add_argument("--ctx", type=int, default=4096, help="context length in tokens (default 4096)")
+    r.add_argument("-n", "--max-new-tokens", type=int, default=512)
+    r.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
+    r.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    r.add_argument("--top-p", type=float, default=0.8, help="default 0.8")
+    r.add_argument("--repeat-penalty", type=float, default=1.0, help="default 1.0 (off)")
+    r.add_argument("--seed", type=int, default=None, help="same seed, same output")
+    r.add_argument("-v", "--verbose", action="store_true", help="print load time, prefill and decode speed")
+    r.set_defaults(func=cmd_run)
     return p
 
 

@@ -1,4 +1,7 @@
 """glmcpu.load(path) -> Model: the runtime contract shared by tests, benchmarks and tools."""
+import sys
+import time
+
 import numpy as np
 import numba
 
@@ -43,10 +46,29 @@ class Model:
         self.vocab_size = self.config.n_vocab
         self.n_ctx = int(n_ctx)
         self.n_past = 0
+        self.tokens = []  # the token ids whose keys and values are in the cache
+        self.last_stats = {}
+        self._tokenizer = None
+        if self.file.tokenizer_info:
+            from .tokenizer import load_tokenizer
+            self._tokenizer = load_tokenizer(self.family, self.file.tokenizer_info, self.file.tokenizer_bytes())
+        self.is_chat = bool(self.file.params.get("chat", True))
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            raise GlmcpuError(f"{self.path} has no tokenizer; convert again with --tokenizer PATH/tokenizer.model")
+        return self._tokenizer
 
     def reset(self):
         """Empty the KV cache (the next forward starts at position 0)."""
         self.n_past = 0
+        self.tokens = []
+
+    def _rewind(self, n):
+        """Keep only the first n cached tokens (their keys and values stay valid: causal attention)."""
+        self.n_past = n
+        del self.tokens[n:]
 
     def forward(self, token_ids, all_logits=True):
         """Logits for ``token_ids`` (appended to the cache): float32 [T, vocab_size].
@@ -80,7 +102,104 @@ class Model:
                 out = logits if c1 == T else None
             impl.forward_chunk(ids[c0:c1], self.n_past, out)
             self.n_past += c1 - c0
+            self.tokens.extend(int(t) for t in ids[c0:c1])
         return logits
+
+    # ------------------------------------------------------------------ text generation
+
+    def chat_prompt(self, messages):
+        """Prompt ids the official chat code builds for messages, ending where the reply starts."""
+        from .chat import chat_prompt
+        return chat_prompt(self.tokenizer, messages)
+
+    def generate(self, prompt, stream=True, **sampling):
+        """Continue ``prompt`` (a string, encoded with the family's [gMASK]/sop prefix or v1's
+        suffix, or a list of token ids used as is). Yields text pieces (stream=True) or returns
+        the whole text. Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p,
+        repetition_penalty, seed. Starts from an empty cache."""
+        ids = self.tokenizer.encode(prompt, add_special_tokens=True) if isinstance(prompt, str) \
+            else [int(t) for t in prompt]
+        it = self._generate(ids, reuse=False, **sampling)
+        return it if stream else "".join(it)
+
+    def chat(self, messages, stream=True, notify=None, **sampling):
+        """Reply to messages (see chat_prompt). The cache is reused across turns: only the part of
+        the prompt that differs from what is cached is computed. If the conversation does not fit
+        in the context, the oldest turns are dropped (system prompt kept) and ``notify`` (default:
+        print to stderr) is told."""
+        from .generate import SamplingParams
+        notify = notify or (lambda msg: print(msg, file=sys.stderr))
+        params = SamplingParams(**sampling)
+        messages = list(messages)
+        ids = self.chat_prompt(messages)
+        reserve = min(params.max_new_tokens, self.n_ctx // 4)
+        dropped = 0
+        while len(ids) + reserve > self.n_ctx:
+            first = next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
+            if first is None:
+                break
+            del messages[first]
+            while first < len(messages) - 1 and messages[first]["role"] == "assistant":
+                del messages[first]
+            dropped += 1
+            ids = self.chat_prompt(messages)
+        if dropped:
+            notify(f"[context full: dropped the {dropped} oldest message(s) to fit n_ctx={self.n_ctx}]")
+        it = self._generate(ids, reuse=self._impl.reuse_cache, params=params)
+        return it if stream else "".join(it)
+
+    def _generate(self, ids, reuse, params=None, **sampling):
+        from .chat import stop_ids
+        from .generate import Sampler, SamplingParams, StreamDecoder
+        params = params or SamplingParams(**sampling)
+        tok = self.tokenizer
+        if not ids:
+            raise GlmcpuError("empty prompt")
+        if len(ids) >= self.n_ctx:
+            raise GlmcpuError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx}; "
+                              f"use a larger context (--ctx / n_ctx) or a shorter prompt")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise GlmcpuError(f"token id {bad[0]} is out of range for vocab_size {self.vocab_size}")
+        return self._generate_iter(ids, reuse, params, stop_ids(tok, self.config.eos_token_ids),
+                                   Sampler(params), StreamDecoder(tok))
+
+    def _generate_iter(self, ids, reuse, params, stops, sampler, dec):
+        keep = 0
+        if reuse:
+            while keep < min(len(ids) - 1, len(self.tokens)) and self.tokens[keep] == ids[keep]:
+                keep += 1
+        self._rewind(keep)
+        stats = self.last_stats = {"prompt_tokens": len(ids), "cached_tokens": keep, "new_tokens": 0,
+                                   "finish": None}
+        t0 = time.perf_counter()
+        logits = self.forward(ids[keep:], all_logits=False)[0]
+        stats["prefill_s"] = time.perf_counter() - t0
+        seen = list(ids)
+        t1 = time.perf_counter()
+        try:
+            for _ in range(params.max_new_tokens):
+                nxt = sampler(logits, seen)
+                if nxt in stops:
+                    stats["finish"] = "stop"
+                    break
+                seen.append(nxt)
+                stats["new_tokens"] += 1
+                piece = dec.push(nxt)
+                if piece:
+                    yield piece
+                if self.n_past >= self.n_ctx:
+                    stats["finish"] = "context full"
+                    break
+                logits = self.forward([nxt], all_logits=False)[0]
+            else:
+                stats["finish"] = "length"
+            piece = dec.flush()
+            if piece:
+                yield piece
+        finally:
+            stats["decode_s"] = time.perf_counter() - t1
+            stats["text"] = dec.emitted
 
     def __repr__(self):
         return f"<glmcpu.Model {self.family} {self.path!r} n_ctx={self.n_ctx} threads={self.threads}>"

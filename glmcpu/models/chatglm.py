@@ -57,6 +57,8 @@ class Block:
 
 
 class ChatGLM:
+    reuse_cache = True  # causal: a cached prefix stays valid when the prompt grows
+
     def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
         a = self.args = ModelArgs.from_dict(mf.params)
         self.n_ctx = n_ctx
