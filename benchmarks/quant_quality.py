@@ -14,7 +14,7 @@ import numpy as np
 import glmcpu
 from glmcpu.convert import convert
 
-CASES = ["chatglm2-tiny-bin", "chatglm3-tiny", "glm4-tiny"]
+CASES = ["chatglm1-tiny", "chatglm2-tiny-bin", "chatglm3-tiny", "glm4-tiny"]
 
 
 def run(path, ids, T, mode):

@@ -13,7 +13,7 @@ import numpy as np
 
 from glmcpu.errors import GlmcpuError, UnsupportedError
 
-FAMILIES = ("chatglm2", "chatglm3", "glm4")
+FAMILIES = ("chatglm1", "chatglm2", "chatglm3", "glm4")
 
 # ChatGLM2-6B, ChatGLM3-6B and GLM-4-9B share one architecture and one checkpoint layout.
 GLM_NAME_MAP = {
@@ -40,6 +40,28 @@ def _compile_map(name_map):
 
 
 _GLM_MAP = _compile_map(GLM_NAME_MAP)
+
+# ChatGLM-6B (v1): GLM blocks with LayerNorm biases and biases on every linear layer.
+V1_NAME_MAP = {
+    "transformer.word_embeddings.weight": "token_embd.weight",
+    "transformer.layers.{i}.attention.rotary_emb.inv_freq": None,  # float16-rounded 1/10000^(2i/d), recomputed
+    "transformer.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "transformer.layers.{i}.input_layernorm.bias": "blk.{i}.attn_norm.bias",
+    "transformer.layers.{i}.attention.query_key_value.weight": "blk.{i}.attn_qkv.weight",
+    "transformer.layers.{i}.attention.query_key_value.bias": "blk.{i}.attn_qkv.bias",
+    "transformer.layers.{i}.attention.dense.weight": "blk.{i}.attn_output.weight",
+    "transformer.layers.{i}.attention.dense.bias": "blk.{i}.attn_output.bias",
+    "transformer.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "transformer.layers.{i}.post_attention_layernorm.bias": "blk.{i}.ffn_norm.bias",
+    "transformer.layers.{i}.mlp.dense_h_to_4h.weight": "blk.{i}.ffn_up.weight",
+    "transformer.layers.{i}.mlp.dense_h_to_4h.bias": "blk.{i}.ffn_up.bias",
+    "transformer.layers.{i}.mlp.dense_4h_to_h.weight": "blk.{i}.ffn_down.weight",
+    "transformer.layers.{i}.mlp.dense_4h_to_h.bias": "blk.{i}.ffn_down.bias",
+    "transformer.final_layernorm.weight": "output_norm.weight",
+    "transformer.final_layernorm.bias": "output_norm.bias",
+    "lm_head.weight": "output.weight",
+}
+_V1_MAP = _compile_map(V1_NAME_MAP)
 
 
 def map_name(hf_name, compiled=_GLM_MAP):
@@ -70,7 +92,11 @@ def detect_family(config, src=None, override=None):
             f"unsupported: model_type {mt!r}; glmcpu converts model_type 'chatglm' checkpoints "
             f"(ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B)")
     if "padded_vocab_size" not in config and ("position_encoding_2d" in config or "inner_hidden_size" in config):
-        raise UnsupportedError("unsupported: ChatGLM-6B (v1) checkpoints are not supported yet")
+        if override not in (None, "chatglm1"):
+            raise GlmcpuError(f"config.json describes a ChatGLM-6B (v1) model, not {override}")
+        return "chatglm1"
+    if override == "chatglm1":
+        raise GlmcpuError("config.json does not describe a ChatGLM-6B (v1) model")
     if "vision_config" in config:
         raise UnsupportedError("unsupported: vision_config (GLM-4V multimodal checkpoints)")
     if override is not None:
@@ -131,8 +157,48 @@ def check_config(config):
         raise GlmcpuError(f"config.json: invalid rope_ratio {rr!r}")
 
 
+def check_config_v1(config):
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "inner_hidden_size", "vocab_size",
+                "bos_token_id", "gmask_token_id", "mask_token_id"):
+        if not isinstance(config.get(key), int) or config[key] < 0:
+            raise GlmcpuError(f"config.json: missing or invalid {key!r}")
+    _require(config, "position_encoding_2d", True, "1-D rotary positions")
+    qb = config.get("quantization_bit", 0) or 0
+    if qb:
+        raise UnsupportedError(
+            f"unsupported: quantization_bit={qb} (a pre-quantized THUDM checkpoint); "
+            f"convert the original float16 checkpoint instead")
+    if config.get("pre_seq_len"):
+        raise UnsupportedError(f"unsupported: pre_seq_len={config['pre_seq_len']} (P-tuning v2 prefix encoder)")
+    if config.get("num_image_tokens"):
+        raise UnsupportedError(f"unsupported: num_image_tokens={config['num_image_tokens']} (VisualGLM)")
+    if config["hidden_size"] % config["num_attention_heads"] or (config["hidden_size"] // config["num_attention_heads"]) % 4:
+        raise UnsupportedError("unsupported: head size not a multiple of 4")
+
+
 def build_params(config, family):
     """Normalized hyper-parameters for the runtime (stored as 'params' in the file)."""
+    if family == "chatglm1":
+        check_config_v1(config)
+        eos = config.get("eos_token_id", 130005)
+        return {
+            "arch": "chatglm1",
+            "n_layer": config["num_layers"],
+            "n_embd": config["hidden_size"],
+            "n_head": config["num_attention_heads"],
+            "head_dim": config["hidden_size"] // config["num_attention_heads"],
+            "n_ff": config["inner_hidden_size"],
+            "n_vocab": config["vocab_size"],
+            "norm_eps": float(config.get("layernorm_epsilon", 1e-5)),
+            "rope_base": 10000.0,
+            "bos_token_id": config["bos_token_id"],
+            "mask_token_id": config["mask_token_id"],
+            "gmask_token_id": config["gmask_token_id"],
+            "seq_length": int(config.get("max_sequence_length", 2048)),
+            "eos_token_ids": eos if isinstance(eos, list) else [eos],
+            "pad_token_id": config.get("pad_token_id"),
+            "chat": True,
+        }
     check_config(config)
     n_head = config["num_attention_heads"]
     head_dim = config.get("kv_channels") or config["hidden_size"] // n_head
@@ -175,6 +241,19 @@ def build_params(config, family):
 
 def expected_shapes(p):
     """Internal tensor name -> shape the params imply."""
+    if p["arch"] == "chatglm1":
+        E, HD, F, V = p["n_embd"], p["n_head"] * p["head_dim"], p["n_ff"], p["n_vocab"]
+        shapes = {"token_embd.weight": (V, E), "output_norm.weight": (E,), "output_norm.bias": (E,),
+                  "output.weight": (V, E)}
+        for i in range(p["n_layer"]):
+            b = f"blk.{i}."
+            shapes.update({b + "attn_norm.weight": (E,), b + "attn_norm.bias": (E,),
+                           b + "attn_qkv.weight": (3 * HD, E), b + "attn_qkv.bias": (3 * HD,),
+                           b + "attn_output.weight": (E, HD), b + "attn_output.bias": (E,),
+                           b + "ffn_norm.weight": (E,), b + "ffn_norm.bias": (E,),
+                           b + "ffn_up.weight": (F, E), b + "ffn_up.bias": (F,),
+                           b + "ffn_down.weight": (E, F), b + "ffn_down.bias": (E,)})
+        return shapes
     qkv = (p["n_head"] + 2 * p["n_kv_head"]) * p["head_dim"]
     shapes = {
         "token_embd.weight": (p["n_vocab"], p["n_embd"]),
@@ -204,10 +283,12 @@ def qkv_row_permutation(n_head, head_dim):
 def plan_tensors(checkpoint, config, params):
     """[(internal name, source Tensor, row permutation or None)] in file order; validates names and shapes."""
     shapes = expected_shapes(params)
+    v1 = params["arch"] == "chatglm1"
+    compiled = _V1_MAP if v1 else _GLM_MAP
     found = {}
     for hf_name, t in checkpoint.tensors.items():
         try:
-            ours = map_name(hf_name)
+            ours = map_name(hf_name, compiled)
         except KeyError:
             if "prefix_encoder" in hf_name:
                 raise UnsupportedError(f"unsupported: {hf_name} (P-tuning v2 prefix encoder)") from None
@@ -221,9 +302,9 @@ def plan_tensors(checkpoint, config, params):
         if t.st_dtype not in ("F32", "F16", "BF16"):
             raise GlmcpuError(f"{t.path}: tensor {hf_name!r} has dtype {t.st_dtype}; expected float32/float16/bfloat16")
         found[ours] = t
-    if "output.weight" not in found and config.get("tie_word_embeddings") and "token_embd.weight" in found:
-        found["output.weight"] = found["token_embd.weight"]
-    mqa = bool(config.get("multi_query_attention", False))
+    if "output.weight" not in found and "token_embd.weight" in found and (v1 or config.get("tie_word_embeddings")):
+        found["output.weight"] = found["token_embd.weight"]  # tied (v1 checkpoints saved without lm_head)
+    mqa = bool(config.get("multi_query_attention", False)) and not v1  # v1: per-head [q|k|v] rows
     plan = []
     for ours, shape in shapes.items():
         if ours not in found:

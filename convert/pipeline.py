@@ -20,7 +20,7 @@ BLOCK_BYTES = 4 << 20  # float32 bytes of rows converted at a time
 
 def _tokenizer_entry(ck, family, tokenizer_path):
     """The tokenizer file's bytes and config for the metadata, or None when the source has none."""
-    path = tokenizer_path or ck.find_file("tokenizer.model")
+    path = tokenizer_path or ck.find_file("ice_text.model" if family == "chatglm1" else "tokenizer.model")
     if path is None:
         return None
     if not os.path.isfile(path):
@@ -77,7 +77,8 @@ def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, l
     plan = families.plan_tensors(ck, ck.config, params)
     tok = _tokenizer_entry(ck, fam, tokenizer)
     if tok is None:
-        log(f"note: no tokenizer.model in {ck.src}; the file will have no tokenizer (pass --tokenizer PATH)")
+        name = "ice_text.model" if fam == "chatglm1" else "tokenizer.model"
+        log(f"note: no {name} in {ck.src}; the file will have no tokenizer (pass --tokenizer PATH)")
 
     entries = []  # (name, source, perm, qtype, group size, [Part])
     for name, t, perm in plan:

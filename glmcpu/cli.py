@@ -230,7 +230,7 @@ def build_parser():
                    help="values per scale for q8_0/q4_0/q4_1 (default 32)")
     c.add_argument("--embedding-dtype", choices=DTYPES, help="type of the token embedding (default: --dtype)")
     c.add_argument("--output-dtype", choices=DTYPES, help="type of the output layer (default: --dtype)")
-    c.add_argument("--family", choices=["chatglm2", "chatglm3", "glm4"],
+    c.add_argument("--family", choices=["chatglm1", "chatglm2", "chatglm3", "glm4"],
                    help="override family detection from config.json")
     c.add_argument("--tokenizer", help="tokenizer.model to store in the file (default: the one in SRC)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")

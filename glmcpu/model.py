@@ -16,7 +16,9 @@ ARCHS = {}
 def _arch(name):
     if not ARCHS:
         from .models.chatglm import ChatGLM
+        from .models.chatglm1 import ChatGLM1
         ARCHS["chatglm"] = ChatGLM
+        ARCHS["chatglm1"] = ChatGLM1
     if name not in ARCHS:
         raise GlmcpuError(f"unsupported architecture {name!r} in the model file (upgrade glmcpu)")
     return ARCHS[name]
@@ -64,6 +66,8 @@ class Model:
         """Empty the KV cache (the next forward starts at position 0)."""
         self.n_past = 0
         self.tokens = []
+        if hasattr(self._impl, "reset"):
+            self._impl.reset()
 
     def _rewind(self, n):
         """Keep only the first n cached tokens (their keys and values stay valid: causal attention)."""

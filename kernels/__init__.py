@@ -6,10 +6,10 @@ float32 / float16-as-uint16 weights) so each compiles to exactly one signature.
 from .f16 import f16_to_f32
 from .matmul import (matvec_f32, matmul_f32, matvec_f16, matmul_f16,
                      embed_f32, embed_f16, dequant_rows_f16)
-from .norm import rmsnorm
-from .rope import rope_inplace
+from .norm import rmsnorm, layernorm
+from .rope import rope_inplace, rope_2d_inplace
 from .attention import attention
-from .act import swiglu
+from .act import swiglu, gelu_tanh
 from . import quant
 from .quant import (quantize_act, matvec_q4, matmul_q4, matvec_q8_0, matmul_q8_0,
                     dequant_row_q4, dequant_row_q8_0, embed_q4, embed_q8_0)
@@ -17,6 +17,7 @@ from .quant import (quantize_act, matvec_q4, matmul_q4, matvec_q8_0, matmul_q8_0
 __all__ = [
     "f16_to_f32", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16",
     "embed_f32", "embed_f16", "dequant_rows_f16", "rmsnorm", "rope_inplace", "attention", "swiglu",
+    "layernorm", "rope_2d_inplace", "gelu_tanh",
     "quantize_act", "matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0",
     "dequant_row_q4", "dequant_row_q8_0", "embed_q4", "embed_q8_0",
 ]

@@ -3,12 +3,13 @@ from numba import njit, prange
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def attention(out, q, k_cache, v_cache, pos0, scale):
+def attention(out, q, k_cache, v_cache, pos0, scale, n_bidir):
     """Causal attention over the KV cache with grouped (multi-query) KV heads.
 
     out [T, n_head, head_dim]; q [T, >= n_head, head_dim] (the first n_head heads are used, so the
     fused qkv buffer can be passed as is); k_cache, v_cache [n_kv_head, n_ctx, head_dim] already holding
-    positions 0 .. pos0+T-1. Query t (position pos0+t) attends to positions 0 .. pos0+t.
+    positions 0 .. pos0+T-1. Query t (position pos0+t) attends to positions 0 .. pos0+t, and to
+    all of 0 .. n_bidir-1 (ChatGLM-6B's bidirectional prompt prefix; 0 for causal models).
     Scores and softmax in float32 with a running max (online softmax), so no score buffer is
     needed: out[t, h] doubles as the accumulator.
     """
@@ -24,7 +25,7 @@ def attention(out, q, k_cache, v_cache, pos0, scale):
             acc[d] = np.float32(0.0)
         m = np.float32(-np.inf)
         denom = np.float32(0.0)
-        for s in range(pos0 + t + 1):
+        for s in range(max(pos0 + t + 1, n_bidir)):
             score = np.float32(0.0)
             for d in range(head_dim):
                 score += q[t, h, d] * k_cache[g, s, d]

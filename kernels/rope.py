@@ -21,3 +21,26 @@ def rope_inplace(x, cos, sin, pos0, n_rot_heads):
                 x1 = x[t, h, 2 * i + 1]
                 x[t, h, 2 * i] = x0 * c - x1 * s
                 x[t, h, 2 * i + 1] = x1 * c + x0 * s
+
+
+@njit(cache=True)
+def rope_2d_inplace(x, cos, sin, pos, bpos, n_rot_heads):
+    """ChatGLM-6B's 2-D rotary: in each head the first half is rotated by pos[t], the second half
+    by bpos[t], each half "rotate-half" style (dim j paired with j + quarter, frequency j).
+
+    x [T, n_head, D]; cos, sin [n_positions, D // 4]; pos, bpos [T] int64."""
+    n_tok = x.shape[0]
+    half = x.shape[2] // 2
+    quarter = half // 2
+    for t in range(n_tok):
+        for part in range(2):
+            p = pos[t] if part == 0 else bpos[t]
+            base = part * half
+            for h in range(n_rot_heads):
+                for j in range(quarter):
+                    c = cos[p, j]
+                    s = sin[p, j]
+                    x0 = x[t, h, base + j]
+                    x1 = x[t, h, base + quarter + j]
+                    x[t, h, base + j] = x0 * c - x1 * s
+                    x[t, h, base + quarter + j] = x1 * c + x0 * s

@@ -245,3 +245,55 @@ def random_checkpoint(path, family="chatglm3", hidden=32, layers=1, heads=2, gro
     shutil.copy(os.path.join(TOKENIZERS, tok), os.path.join(path, "tokenizer.model"))
     shutil.copy(os.path.join(TOKENIZERS, tok_cfg), os.path.join(path, "tokenizer_config.json"))
     return str(path)
+
+
+def reference_logits_v1(config, tensors, ids):
+    """ChatGLM-6B (v1) forward of the official modeling code in float64 numpy, whole sequence in one
+    pass (prompt must contain [gMASK]/[MASK] and <sop>; tokens after <sop> are 'generated')."""
+    W = {n: _f32(dt, a).astype(np.float64) for n, (dt, a) in tensors.items()}
+    E, H = config["hidden_size"], config["num_attention_heads"]
+    D, L, eps = E // H, config["num_layers"], config["layernorm_epsilon"]
+    ids = [int(i) for i in ids]
+    T = len(ids)
+    ctx = ids.index(config["bos_token_id"])
+    mask_tok = config["gmask_token_id"] if config["gmask_token_id"] in ids else config["mask_token_id"]
+    mpos = ids.index(mask_tok)
+    pos = np.array([t if t < ctx else mpos for t in range(T)])
+    bpos = np.array([0 if t < ctx else t - ctx + 1 for t in range(T)])
+    dim = D // 2
+    inv = (1.0 / (10000 ** (np.arange(0, dim, 2) / dim))).astype(np.float16).astype(np.float64)
+
+    def rot(x, p):                                    # rotate-half on x [T, H, dim]
+        ang = np.outer(p, inv)                        # [T, dim/2]
+        emb = np.concatenate([ang, ang], -1)[:, None, :]
+        x1, x2 = x[..., : dim // 2], x[..., dim // 2:]
+        return x * np.cos(emb) + np.concatenate([-x2, x1], -1) * np.sin(emb)
+
+    def ln(x, w, b):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * w + b
+
+    mask = np.tril(np.ones((T, T), bool))
+    mask[:, :ctx] = True
+    x = W["transformer.word_embeddings.weight"][ids]
+    alpha = np.sqrt(2 * 28)  # the official GLMBlock never gets num_layers: its default 28 is used
+    for i in range(L):
+        p = f"transformer.layers.{i}."
+        a = ln(x, W[p + "input_layernorm.weight"], W[p + "input_layernorm.bias"])
+        qkv = (a @ W[p + "attention.query_key_value.weight"].T + W[p + "attention.query_key_value.bias"]).reshape(T, H, 3 * D)
+        q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+        q = np.concatenate([rot(q[..., :dim], pos), rot(q[..., dim:], bpos)], -1)
+        k = np.concatenate([rot(k[..., :dim], pos), rot(k[..., dim:], bpos)], -1)
+        s = np.einsum("thd,shd->hts", q, k) / np.sqrt(D)
+        s = np.where(mask[None], s, -np.inf)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        ctxv = np.einsum("hts,shd->thd", s, v).reshape(T, H * D)
+        x = a * alpha + ctxv @ W[p + "attention.dense.weight"].T + W[p + "attention.dense.bias"]
+        m = ln(x, W[p + "post_attention_layernorm.weight"], W[p + "post_attention_layernorm.bias"])
+        h = m @ W[p + "mlp.dense_h_to_4h.weight"].T + W[p + "mlp.dense_h_to_4h.bias"]
+        h = 0.5 * h * (1 + np.tanh(0.7978845608028654 * h * (1 + 0.044715 * h * h)))
+        x = m * alpha + h @ W[p + "mlp.dense_4h_to_h.weight"].T + W[p + "mlp.dense_4h_to_h.bias"]
+    x = ln(x, W["transformer.final_layernorm.weight"], W["transformer.final_layernorm.bias"])
+    return (x @ W["lm_head.weight"].T).astype(np.float32)

@@ -155,9 +155,17 @@ def test_unsupported_config_flags(tmp_path, key, value, msg):
     assert not os.path.exists(tmp_path / "x.glmq")
 
 
-def test_v1_family_refused_clearly(tmp_path):
-    with pytest.raises(GlmcpuError, match="unsupported: ChatGLM-6B"):
-        convert(golden("chatglm1-tiny"), str(tmp_path / "x.glmq"), progress=False)
+def test_v1_unsupported_flags_refused(tmp_path):
+    src = tmp_path / "v1"
+    shutil.copytree(golden("chatglm1-tiny"), src)
+    os.chmod(src / "config.json", 0o644)
+    cfg = json.load(open(src / "config.json"))
+    cfg["position_encoding_2d"] = False
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(GlmcpuError, match="unsupported: position_encoding_2d=false"):
+        convert(str(src), str(tmp_path / "x.glmq"), progress=False)
+    with pytest.raises(GlmcpuError, match="does not describe a ChatGLM-6B"):
+        convert(golden("chatglm3-tiny"), str(tmp_path / "x.glmq"), family="chatglm1", progress=False)
 
 
 def test_interrupted_convert_leaves_nothing(tmp_path, monkeypatch):

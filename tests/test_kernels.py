@@ -86,19 +86,19 @@ def test_rope_rotates_first_half_in_interleaved_pairs():
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 40), (7, 0), (6, 10)])
-def test_attention_matches_causal_softmax(T, pos0):
+@pytest.mark.parametrize("T,pos0,n_bidir", [(1, 0, 0), (1, 40, 0), (7, 0, 0), (6, 10, 0), (7, 0, 5), (6, 3, 8)])
+def test_attention_matches_causal_softmax(T, pos0, n_bidir):
     H, G, D, n_ctx = 6, 2, 16, 64
     q = RNG.standard_normal((T, H + 2 * G, D)).astype(np.float32)
     kc = RNG.standard_normal((G, n_ctx, D)).astype(np.float32)
     vc = RNG.standard_normal((G, n_ctx, D)).astype(np.float32)
     out = np.zeros((T, H, D), np.float32)
     scale = np.float32(1 / np.sqrt(D))
-    K.attention(out, q, kc, vc, pos0, scale)
+    K.attention(out, q, kc, vc, pos0, scale, n_bidir)
     for t in range(T):
         for h in range(H):
             g = h // (H // G)
-            n = pos0 + t + 1
+            n = max(pos0 + t + 1, n_bidir)
             s = kc[g, :n].astype(np.float64) @ q[t, h] * scale
             p = np.exp(s - s.max())
             p /= p.sum()

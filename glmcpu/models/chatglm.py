@@ -133,7 +133,7 @@ class ChatGLM:
             kc, vc = self.k_cache[layer], self.v_cache[layer]                # [G, n_ctx, D]
             kc[:, pos0:pos0 + T] = qkv3[:, H:H + G].transpose(1, 0, 2)       # [G, T, D]
             vc[:, pos0:pos0 + T] = qkv3[:, H + G:].transpose(1, 0, 2)        # [G, T, D]
-            K.attention(attn.reshape(T, H, D), qkv3, kc, vc, pos0, self.scale)  # [T, H, D]
+            K.attention(attn.reshape(T, H, D), qkv3, kc, vc, pos0, self.scale, 0)  # [T, H, D]
             b.attn_output(tmp, attn)                                         # [T, E]
             x += tmp
             # mlp
