@@ -266,10 +266,20 @@ def build_parser():
     r.add_argument("--seed", type=int, default=None, help="same seed, same output")
     r.add_argument("-v", "--verbose", action="store_true", help="print load time, prefill and decode speed")
     r.set_defaults(func=cmd_run)
+    sub.add_parser("bench", help="speed of a model file: glmcpu bench -m FILE [--threads N] [--json F] [--plot F]",
+                   add_help=False)
     return p
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        try:
+            return bench_main(argv[1:])
+        except GlmcpuError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
