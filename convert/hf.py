@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from glmcpu.errors import GlmcpuError
-from glmcpu.file import Mapped
+from glmcpu.file import ST_DTYPES, Mapped
 from .torch_pickle import TorchCheckpoint
 
 FLOAT_DTYPES = ("F32", "F16", "BF16")
@@ -30,24 +30,40 @@ def to_f32(raw, st_dtype):
 
 
 class Tensor:
-    """One checkpoint tensor: name, shape, source dtype; data read lazily."""
+    """One checkpoint tensor: name, shape, source dtype; data read lazily.
 
-    def __init__(self, name, shape, st_dtype, path, read):
+    When the tensor is a contiguous run of bytes at a known file offset (safetensors, and the
+    uncompressed storages of torch zips), rows are read with pread into a fresh buffer, so the
+    converter's resident memory is one block, not the mapped file; otherwise ``read`` gives a
+    (memory-mapped) view."""
+
+    def __init__(self, name, shape, st_dtype, path, read, offset=None, np_dtype=None):
         self.name = name
         self.shape = tuple(shape)
         self.st_dtype = st_dtype
         self.path = path
         self._read = read
+        self.offset, self.np_dtype = offset, np_dtype
 
-    def raw(self):
-        return self._read()
+    def raw(self, r0=None, r1=None):
+        """Raw rows r0:r1 in the stored dtype (all rows by default)."""
+        if self.offset is None or len(self.shape) == 0:
+            raw = self._read()
+            return raw if r0 is None else raw[r0:r1]
+        dt = np.dtype(self.np_dtype)
+        row = int(np.prod(self.shape[1:], dtype=np.int64)) * dt.itemsize
+        r0 = 0 if r0 is None else r0
+        r1 = self.shape[0] if r1 is None else r1
+        n = (r1 - r0) * row
+        with open(self.path, "rb") as f:
+            buf = os.pread(f.fileno(), n, self.offset + r0 * row)
+        if len(buf) != n:
+            raise GlmcpuError(f"{self.path}: file is truncated (tensor {self.name!r})")
+        return np.frombuffer(buf, dtype=dt).reshape((r1 - r0,) + self.shape[1:])
 
     def rows_f32(self, r0=None, r1=None):
         """float32 copy of rows r0:r1 (the whole tensor for 1-D or when no range is given)."""
-        raw = self.raw()
-        if raw.ndim >= 1 and r0 is not None:
-            raw = raw[r0:r1]
-        return to_f32(raw, self.st_dtype)
+        return to_f32(self.raw(r0, r1), self.st_dtype)
 
     @property
     def nbytes_f32(self):
@@ -114,11 +130,14 @@ class Checkpoint:
             m = Mapped(path)
             for name in m.names:
                 info = m.info(name)
-                self._add(Tensor(name, info["shape"], info["dtype"], path, lambda m=m, n=name: m.tensor(n)))
+                self._add(Tensor(name, info["shape"], info["dtype"], path, lambda m=m, n=name: m.tensor(n),
+                                 offset=m.data_start + info["data_offsets"][0], np_dtype=ST_DTYPES[info["dtype"]]))
         else:
             ck = TorchCheckpoint(path)
             for name, t in ck.tensors.items():
-                self._add(Tensor(name, t.shape, t.st_dtype, path, lambda ck=ck, t=t: ck.read(t)))
+                off = ck.contiguous_offset(t)
+                self._add(Tensor(name, t.shape, t.st_dtype, path, lambda ck=ck, t=t: ck.read(t),
+                                 offset=off, np_dtype=t.storage.type.np_dtype))
 
     def _add(self, t):
         if t.name in self.tensors:

@@ -15,7 +15,7 @@ from .hf import Checkpoint, to_f32
 from .quantize import QTYPES, TILE_ROWS, get_qtype, pick_group_size
 from .writer import Part, write_file, check_output_path
 
-BLOCK_BYTES = 4 << 20  # float32 bytes of rows converted at a time
+BLOCK_BYTES = 2 << 20  # float32 bytes of rows converted at a time (rounded up to whole tiles)
 
 
 def _tokenizer_entry(ck, family, tokenizer_path):
@@ -150,7 +150,7 @@ def _write_tensor(w, t, perm, q, gs, parts):
             rows = t.rows_f32(r0, r1)
         else:
             idx = perm if r0 is None else perm[r0:r1]
-            rows = to_f32(t.raw()[idx], t.st_dtype)
+            rows = to_f32(t.raw()[idx], t.st_dtype)  # QKV rows of one layer: read whole, permuted
         if rows.size and not (np.isfinite(rows.max()) and np.isfinite(rows.min())):  # NaN propagates
             raise GlmcpuError(f"{t.path}: tensor {t.name!r} contains NaN or infinity")
         enc = q.encode(rows, t.name, gs)

@@ -164,6 +164,25 @@ class TorchCheckpoint:
         self._file = open(self.path, "rb")
         self._mm = None
 
+    def contiguous_offset(self, t):
+        """File offset of tensor t's first element if it is stored contiguously, uncompressed and
+        entirely inside its storage; None otherwise (then read() is used)."""
+        member = f"{self.prefix}data/{t.storage.key}"
+        try:
+            info = self._zip.getinfo(member)
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED or not t.shape:
+            return None
+        expect, acc = [], 1
+        for s in reversed(t.shape):
+            expect.insert(0, acc)
+            acc *= s
+        dt = np.dtype(t.storage.type.np_dtype)
+        if tuple(expect) != t.stride or (t.offset + acc) * dt.itemsize > info.file_size:
+            return None
+        return _zip_member_offset(self._file, info) + t.offset * dt.itemsize
+
     def read(self, t):
         """Raw numpy view (stored dtype, e.g. uint16 for f16/bf16) of tensor t, zero-copy if possible."""
         member = f"{self.prefix}data/{t.storage.key}"

@@ -250,6 +250,6 @@ def test_convert_memory_is_bounded_by_a_block_not_the_model(tmp_path, dtype):
     convert(str(src), str(tmp_path / "big.glmq"), dtype=dtype, progress=False)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    # a 4 MB block of rows and its temporaries, plus (q4_0) the scales held until the quants are written
+    # a 2 MB block of rows and its temporaries, plus (q4_0) the scales held until the quants are written
     assert peak < 0.5 * largest, (peak, largest)
     assert peak < 0.2 * model_bytes
