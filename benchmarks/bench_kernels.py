@@ -74,7 +74,7 @@ class Runner:
         self.xq, self.xd, self.xs = np.zeros((T, k), np.int8), np.zeros((T, k // 32), np.float32), np.zeros((T, k // 32), np.int32)
         self.acc1, self.p16_1, self.p32_1 = np.zeros((n_ranges, R), np.float32), np.zeros((n_ranges, R), np.int16), np.zeros((n_ranges, R), np.int32)
         self.acc, self.p16, self.p32 = np.zeros((n_ranges, TB, R), np.float32), np.zeros((n_ranges, TB, R), np.int16), np.zeros((n_ranges, TB, R), np.int32)
-        self.w = np.zeros((n_ranges, 2, R), np.int16)
+        self.w = np.zeros((n_ranges, 32, R), np.int16)
         self.row_buf = np.zeros((n_ranges, k), np.float32)
 
     def __call__(self):

@@ -32,7 +32,7 @@ class Workspace:
         self.acc = np.zeros((n, TB, R), np.float32)                   # quantized matmul
         self.p16 = np.zeros((n, TB, R), np.int16)
         self.p32 = np.zeros((n, TB, R), np.int32)
-        self.w = np.zeros((n, 2, R), np.int16)
+        self.w = np.zeros((n, 32, R), np.int16)                       # an unpacked sub-block
         self.xq = np.zeros((chunk, max_in), np.int8)                  # int8 activations
         self.xd = np.zeros((chunk, max_in // 32), np.float32)
         self.xs = np.zeros((chunk, max_in // 32), np.int32)

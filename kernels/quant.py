@@ -87,7 +87,8 @@ def matvec_q4(out, scr_acc, scr_p, xq, xd, xs, qs, d, m, n_out):
 @njit(cache=True, parallel=True)
 def matmul_q4(out, scr_acc, scr_p, scr_w, xq, xd, xs, qs, d, m, n_out):
     """out [T, n_out] = x W^T for T tokens. scr_acc [n_ranges, TB, R] float32,
-    scr_p [n_ranges, TB, R] int16, scr_w [n_ranges, 2, R] int16 (unpacked low/high nibbles)."""
+    scr_p [n_ranges, TB, R] int16, scr_w [n_ranges, 32, R] int16 (a sub-block, unpacked once
+    and used by a block of TB tokens; four products per int16 update)."""
     n_tiles, n_sub, _, R = qs.shape
     T = xq.shape[0]
     spg = n_sub // d.shape[1]
@@ -97,8 +98,7 @@ def matmul_q4(out, scr_acc, scr_p, scr_w, xq, xd, xs, qs, d, m, n_out):
     for c in prange(n_ranges):
         acc = scr_acc[c]
         p = scr_p[c]
-        wl = scr_w[c, 0]
-        wh = scr_w[c, 1]
+        w = scr_w[c]
         for ti in range(c * per, min(n_tiles, (c + 1) * per)):
             r_end = min(R, n_out - ti * R)
             for t0 in range(0, T, TB):
@@ -108,30 +108,34 @@ def matmul_q4(out, scr_acc, scr_p, scr_w, xq, xd, xs, qs, d, m, n_out):
                         acc[t, r] = 0.0
                 for sb in range(n_sub):
                     g = sb // spg
-                    for t in range(nt):
-                        for r in range(R):
-                            p[t, r] = 0
                     for j in range(16):
                         for r in range(R):
                             q = qs[ti, sb, j, r]
-                            wl[r] = np.int16(q & 15) - 8
-                            wh[r] = np.int16(q >> 4) - 8
-                        for t in range(nt):
-                            x0 = np.int16(xq[t0 + t, sb * 32 + j])
-                            x1 = np.int16(xq[t0 + t, sb * 32 + 16 + j])
-                            for r in range(R):
-                                p[t, r] = np.int16(p[t, r] + wl[r] * x0 + wh[r] * x1)
+                            w[j, r] = np.int16(q & 15) - 8
+                            w[j + 16, r] = np.int16(q >> 4) - 8
                     for t in range(nt):
+                        xb = xq[t0 + t, sb * 32: sb * 32 + 32]
+                        pt = p[t]
+                        for r in range(R):
+                            pt[r] = 0
+                        for j in range(0, 32, 4):
+                            a0 = np.int16(xb[j])
+                            a1 = np.int16(xb[j + 1])
+                            a2 = np.int16(xb[j + 2])
+                            a3 = np.int16(xb[j + 3])
+                            for r in range(R):
+                                pt[r] = np.int16(pt[r] + w[j, r] * a0 + w[j + 1, r] * a1
+                                                 + w[j + 2, r] * a2 + w[j + 3, r] * a3)
                         s = xd[t0 + t, sb]
                         if has_min:
                             sx = np.float32(xs[t0 + t, sb])
                             sx8 = np.float32(8.0) * sx
                             for r in range(R):
-                                acc[t, r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(p[t, r]) + sx8)
+                                acc[t, r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(pt[r]) + sx8)
                                                   + f16_to_f32(m[ti, g, r]) * sx)
                         else:
                             for r in range(R):
-                                acc[t, r] += np.float32(p[t, r]) * (s * f16_to_f32(d[ti, g, r]))
+                                acc[t, r] += np.float32(pt[r]) * (s * f16_to_f32(d[ti, g, r]))
                 for t in range(nt):
                     for r in range(r_end):
                         out[t0 + t, ti * R + r] = acc[t, r]
@@ -172,7 +176,7 @@ def matvec_q8_0(out, scr_acc, scr_p, xq, xd, qs, d, n_out):
 @njit(cache=True, parallel=True)
 def matmul_q8_0(out, scr_acc, scr_p, scr_w, xq, xd, qs, d, n_out):
     """out [T, n_out]; scr_acc [n_ranges, TB, R] float32, scr_p [n_ranges, TB, R] int32,
-    scr_w [n_ranges, 2, R] int16."""
+    scr_w [n_ranges, 32, R] int16."""
     n_tiles, n_sub, _, R = qs.shape
     T = xq.shape[0]
     spg = n_sub // d.shape[1]
@@ -181,8 +185,7 @@ def matmul_q8_0(out, scr_acc, scr_p, scr_w, xq, xd, qs, d, n_out):
     for c in prange(n_ranges):
         acc = scr_acc[c]
         p = scr_p[c]
-        w0 = scr_w[c, 0]
-        w1 = scr_w[c, 1]
+        w = scr_w[c]
         for ti in range(c * per, min(n_tiles, (c + 1) * per)):
             r_end = min(R, n_out - ti * R)
             for t0 in range(0, T, TB):
@@ -192,22 +195,26 @@ def matmul_q8_0(out, scr_acc, scr_p, scr_w, xq, xd, qs, d, n_out):
                         acc[t, r] = 0.0
                 for sb in range(n_sub):
                     g = sb // spg
+                    for j in range(32):
+                        for r in range(R):
+                            w[j, r] = qs[ti, sb, j, r]
                     for t in range(nt):
+                        xb = xq[t0 + t, sb * 32: sb * 32 + 32]
+                        pt = p[t]
                         for r in range(R):
-                            p[t, r] = 0
-                    for j in range(0, 32, 2):
-                        for r in range(R):
-                            w0[r] = qs[ti, sb, j, r]
-                            w1[r] = qs[ti, sb, j + 1, r]
-                        for t in range(nt):
-                            x0 = np.int16(xq[t0 + t, sb * 32 + j])
-                            x1 = np.int16(xq[t0 + t, sb * 32 + j + 1])
+                            pt[r] = 0
+                        for j in range(0, 32, 4):
+                            a0 = np.int16(xb[j])
+                            a1 = np.int16(xb[j + 1])
+                            a2 = np.int16(xb[j + 2])
+                            a3 = np.int16(xb[j + 3])
                             for r in range(R):
-                                p[t, r] += np.int32(w0[r] * x0 + w1[r] * x1)
-                    for t in range(nt):
+                                # a pair of int8 products fits int16 (<= 2 * 127 * 127)
+                                pt[r] += np.int32(w[j, r] * a0 + w[j + 1, r] * a1) \
+                                    + np.int32(w[j + 2, r] * a2 + w[j + 3, r] * a3)
                         s = xd[t0 + t, sb]
                         for r in range(R):
-                            acc[t, r] += np.float32(p[t, r]) * (s * f16_to_f32(d[ti, g, r]))
+                            acc[t, r] += np.float32(pt[r]) * (s * f16_to_f32(d[ti, g, r]))
                 for t in range(nt):
                     for r in range(r_end):
                         out[t0 + t, ti * R + r] = acc[t, r]

@@ -124,10 +124,10 @@ def test_kernels_equal_reference(kind, n, k, gs):
             out[0] = o
         elif kind == "q8_0":
             K.matmul_q8_0(out, np.zeros((nr, TB, R), np.float32), np.zeros((nr, TB, R), np.int32),
-                          np.zeros((nr, 2, R), np.int16), xq, xd, qt, dt, n)
+                          np.zeros((nr, 32, R), np.int16), xq, xd, qt, dt, n)
         else:
             K.matmul_q4(out, np.zeros((nr, TB, R), np.float32), np.zeros((nr, TB, R), np.int16),
-                        np.zeros((nr, 2, R), np.int16), xq, xd, xs, qt, dt, mt, n)
+                        np.zeros((nr, 32, R), np.int16), xq, xd, xs, qt, dt, mt, n)
         np.testing.assert_array_equal(out, ref)
         # and the contract is the dequantized matrix times the dequantized activations
         approx = Q.dequantize_act(xq, xd).astype(np.float64) @ _dequantize(kind, q, d, m, gs).T
