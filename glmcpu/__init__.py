@@ -15,4 +15,15 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "kernels")) and 
 from .errors import GlmcpuError, UnsupportedError  # noqa: E402
 from .model import Model, load  # noqa: E402
 
-__all__ = ["load", "Model", "GlmcpuError", "UnsupportedError", "__version__"]
+DEMO_MODEL = "demo-chatglm3-poems-q4_0.glmq"
+
+
+def demo_model_path():
+    """The built-in demo model shipped in the package (docs/DEMO_MODEL.md)."""
+    path = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "data", DEMO_MODEL)
+    if not _os.path.isfile(path):
+        raise GlmcpuError(f"the built-in demo model is missing ({path}); reinstall glmcpu or pass -m FILE")
+    return path
+
+
+__all__ = ["load", "Model", "GlmcpuError", "UnsupportedError", "demo_model_path", "__version__"]

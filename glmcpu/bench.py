@@ -200,7 +200,7 @@ def plot(res, out):
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(prog="glmcpu bench", description="Speed of a glmcpu model file.")
-    ap.add_argument("-m", "--model", required=True)
+    ap.add_argument("-m", "--model", help="model file (default: the built-in demo model)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
     ap.add_argument("--ctx", type=int, default=4096)
@@ -210,6 +210,10 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--plot", help="PNG of decode tok/s vs context length (needs matplotlib)")
     args = ap.parse_args(argv)
+    if not args.model:
+        from glmcpu import demo_model_path
+        args.model = demo_model_path()
+        print(f"glmcpu: no -m given, using the built-in demo model ({args.model})", file=sys.stderr)
     kw = {}
     if args.quick:
         kw = dict(prefill_lengths=(16, 32), decode_contexts=(16, 64), decode_tokens=8)

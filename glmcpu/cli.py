@@ -147,10 +147,36 @@ def _report(model, load_s):
           f" | {st.get('finish')}]", file=sys.stderr)
 
 
+def default_model(args):
+    """-m FILE, or the built-in demo model (said on stderr)."""
+    if getattr(args, "model", None):
+        return args.model
+    from glmcpu import demo_model_path
+    path = demo_model_path()
+    print(f"glmcpu: no -m given, using the built-in demo model ({path})", file=sys.stderr)
+    return path
+
+
+def cmd_perplexity(args):
+    from glmcpu import load
+    from glmcpu.perplexity import perplexity
+    path = default_model(args)
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GlmcpuError(f"{args.file}: cannot read the text ({e})") from None
+    model = load(path, n_ctx=args.ctx, threads=args.threads)
+    t0 = time.perf_counter()
+    ppl, n = perplexity(model, text, stride=args.stride, progress=None if not args.quiet else False)
+    print(f"{n} tokens scored with a {model.n_ctx}-token window in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    print(f"perplexity: {ppl:.4f}")
+
+
 def cmd_run(args):
     from glmcpu import load
     t0 = time.perf_counter()
-    model = load(args.model, n_ctx=args.ctx, threads=args.threads)
+    model = load(default_model(args), n_ctx=args.ctx, threads=args.threads)
     load_s = time.perf_counter() - t0
     model.tokenizer  # fails now, with one line, if the file has no tokenizer
     chat = model.is_chat and not args.raw
@@ -252,7 +278,7 @@ def build_parser():
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("run", help="chat with a model (or complete text with a base model)")
-    r.add_argument("-m", "--model", required=True, help="model file made by glmcpu convert")
+    r.add_argument("-m", "--model", help="model file made by glmcpu convert (default: the built-in demo model)")
     r.add_argument("-p", "--prompt", help="answer this one prompt and exit (default: interactive chat)")
     r.add_argument("--system", help="system prompt (ChatGLM3 and GLM-4; others have no system role)")
     r.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
@@ -266,7 +292,15 @@ def build_parser():
     r.add_argument("--seed", type=int, default=None, help="same seed, same output")
     r.add_argument("-v", "--verbose", action="store_true", help="print load time, prefill and decode speed")
     r.set_defaults(func=cmd_run)
-    sub.add_parser("bench", help="speed of a model file: glmcpu bench -m FILE [--threads N] [--json F] [--plot F]",
+    pp = sub.add_parser("perplexity", help="perplexity of a model over a text file")
+    pp.add_argument("-m", "--model", help="model file (default: the built-in demo model)")
+    pp.add_argument("-f", "--file", required=True, help="UTF-8 text file")
+    pp.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
+    pp.add_argument("--stride", type=int, default=None, help="window step (default ctx / 2)")
+    pp.add_argument("--threads", type=int, default=None)
+    pp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pp.set_defaults(func=cmd_perplexity)
+    sub.add_parser("bench", help="speed of a model file: glmcpu bench [-m FILE] [--threads N] [--json F] [--plot F]",
                    add_help=False)
     return p
 
