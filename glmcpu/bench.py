@@ -157,23 +157,29 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
 
 
 def markdown(results):
-    """One markdown table row per result (a list of run() dicts)."""
-    head = ("| model | type | threads | file | load s | compile s | prefill 128 tok/s | prefill 512 tok/s "
-            "| decode @128 tok/s | decode @1024 tok/s | GB/s (@128) | read BW GB/s | roofline | peak RSS |")
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    """A markdown table, one row per result of run() (keys may be ints or, from JSON, strings)."""
+    def get(d, k):
+        return d.get(k, d.get(str(k))) if d else None
+
+    def cell(d, k):
+        v = get(d, k)
+        return f"{v['tok_s']:.2f} ±{v['spread']:.0%}" if v else "-"
+
+    head = ["model", "type", "threads", "file", "load s", "compile s", "prefill 128 tok/s", "prefill 512 tok/s",
+            "decode @128 tok/s", "decode @1024 tok/s", "weights GB/s", "read BW GB/s", "roofline", "peak RSS"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         q = r.get("quantization", {})
-        typ = q.get("dtype", "?") + (f"/g{q['group_size']}" if q.get("group_size") and q.get("dtype", "").startswith("q") else "")
-        pre = r.get("prefill", {})
-        dec = r.get("decode", {})
-        g = lambda d, k, f="tok_s": (f"{d[k][f]:.2f} ±{d[k]['spread']:.0%}" if k in d else "-")
-        d128 = dec.get(128, dec.get("128"))
-        lines.append(
-            f"| {os.path.basename(r['file'])} | {typ} | {r['threads']} | {r['file_bytes'] / 1e9:.2f} GB | {r['load_s']:.2f} "
-            f"| {r['compile_s']:.1f} | {g(pre, 128) if 128 in pre else g(pre, '128')} | {g(pre, 512) if 512 in pre else g(pre, '512')} "
-            f"| {g(dec, 128) if 128 in dec else g(dec, '128')} | {g(dec, 1024) if 1024 in dec else g(dec, '1024')} "
-            f"| {d128['gb_s']:.1f} | {r.get('read_bandwidth_gb_s') or 0:.1f} "
-            f"| {d128.get('roofline', 0):.0%} | {r['peak_rss_bytes'] / 1e9:.2f} GB |" if d128 else "| - |")
+        typ = q.get("dtype", "?")
+        if typ.startswith("q") and q.get("group_size"):
+            typ += f"/g{q['group_size']}"
+        d128 = get(r.get("decode"), 128) or {}
+        row = [os.path.basename(r["file"]), typ, str(r["threads"]), f"{r['file_bytes'] / 1e9:.2f} GB",
+               f"{r['load_s']:.2f}", f"{r['compile_s']:.1f}", cell(r.get("prefill"), 128), cell(r.get("prefill"), 512),
+               cell(r.get("decode"), 128), cell(r.get("decode"), 1024),
+               f"{d128.get('gb_s', 0):.1f}", f"{r.get('read_bandwidth_gb_s') or 0:.1f}",
+               f"{d128.get('roofline', 0):.0%}", f"{r['peak_rss_bytes'] / 1e9:.2f} GB"]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
