@@ -28,8 +28,9 @@ def test_synth_convert_bench(tmp_path):
     res = json.load(open(tmp_path / "r.json"))
     assert res["decode"] and res["prefill"] and res["weight_bytes_per_token"] > 0 and res["peak_rss_bytes"] > 0
     assert "decode" in out
-    out = run("-m", "glmcpu", "bench", "-m", str(model), "--quick", "--repeat", "1")
+    out = run("-m", "glmcpu", "bench", "-m", str(model), "--quick", "--repeat", "1", "--plot", str(tmp_path / "p.png"))
     assert "prefill" in out
+    assert open(tmp_path / "p.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     # the synthetic checkpoint is deterministic in its seed
     ck2 = tmp_path / "tiny2"
     run(os.path.join(BENCH, "synth.py"), "tiny", "-o", str(ck2), "--seed", "3")
