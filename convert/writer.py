@@ -74,6 +74,7 @@ def write_file(out, parts, metadata, fill):
             w.finish(data_size)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, out)
     except BaseException:
         try:
@@ -82,6 +83,12 @@ def write_file(out, parts, metadata, fill):
             pass
         raise
     return total
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class _PartWriter:

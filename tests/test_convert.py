@@ -188,6 +188,16 @@ def test_interrupted_convert_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.glmq"]  # no temp file left behind
 
 
+def test_output_file_gets_the_umask_mode_not_mkstemps_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "m.glmq"
+        convert(golden("chatglm3-tiny"), str(out), progress=False)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
 def test_output_is_valid_safetensors_with_aligned_tensors(converted):
     from safetensors import safe_open
     from glmcpu.file import ModelFile

@@ -446,7 +446,7 @@ def main(argv=None):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        lv = float(loss)
+        lv = loss.item()
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
         if step % 25 == 0 or step == 1:
             el = time.time() - t0
