@@ -36,15 +36,24 @@ class Workspace:
         self.xq = np.zeros((chunk, max_in), np.int8)                  # int8 activations
         self.xd = np.zeros((chunk, max_in // 32), np.float32)
         self.xs = np.zeros((chunk, max_in // 32), np.int32)
+        # 4-bit kernels: the AVX2 ones where the CPU has it (decided here, once), else portable
+        self.avx2 = K.avx2.available(R)
+        if self.avx2:
+            self.p16_flat = self.p16.reshape(n, TB * R)
+            self.w8 = np.zeros((n, 32 * R), np.uint8)                 # an unpacked sub-block
+            self.xp = np.zeros((chunk, max_in // 2), np.int16)        # paired int8 activations
         self._act = {}
 
     def act(self, n_in):
-        """Views [chunk, n_in] of the activation buffers (C-contiguous, one per width)."""
+        """Views [chunk, n_in] of the activation buffers (C-contiguous, one per width): xq, xd,
+        xs and (AVX2 kernels only, else None) the paired activations xp [chunk, n_in / 2]."""
         if n_in not in self._act:
             c = self.xq.shape[0]
             self._act[n_in] = (self.xq.reshape(-1)[: c * n_in].reshape(c, n_in),
                                self.xd.reshape(-1)[: c * (n_in // 32)].reshape(c, n_in // 32),
-                               self.xs.reshape(-1)[: c * (n_in // 32)].reshape(c, n_in // 32))
+                               self.xs.reshape(-1)[: c * (n_in // 32)].reshape(c, n_in // 32),
+                               self.xp.reshape(-1)[: c * (n_in // 2)].reshape(c, n_in // 2)
+                               if self.avx2 else None)
         return self._act[n_in]
 
     def nbytes(self):
@@ -86,14 +95,18 @@ class LinearF16:
 
 
 class LinearQ4:
-    """q4_0 (mins empty) and q4_1."""
+    """q4_0 (mins empty) and q4_1; AVX2 kernels when the workspace chose them (same results)."""
 
     def __init__(self, qtype, qs, d, m, n_out, ws):
         self.type, self.qs, self.d, self.m, self.ws = qtype, qs, d, m, ws
         self.n_out, self.n_in = n_out, qs.shape[1] * 32
-        self.xq, self.xd, self.xs = ws.act(self.n_in)
+        self.xq, self.xd, self.xs, self.xp = ws.act(self.n_in)
+        self._run = self._avx2 if ws.avx2 else self._portable
 
     def __call__(self, out, x):
+        self._run(out, x)
+
+    def _portable(self, out, x):
         T, ws = x.shape[0], self.ws
         xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
         K.quantize_act(xq, xd, xs, x)
@@ -101,6 +114,16 @@ class LinearQ4:
             K.matvec_q4(out[0], ws.acc1, ws.p16_1, xq, xd, xs, self.qs, self.d, self.m, self.n_out)
         else:
             K.matmul_q4(out, ws.acc, ws.p16, ws.w, xq, xd, xs, self.qs, self.d, self.m, self.n_out)
+
+    def _avx2(self, out, x):
+        T, ws = x.shape[0], self.ws
+        xq, xd, xs, xp = self.xq[:T], self.xd[:T], self.xs[:T], self.xp[:T]
+        K.quantize_act(xq, xd, xs, x)
+        K.pair_act(xp, xq)
+        if T == 1:
+            K.matvec_q4_avx2(out[0], ws.acc1, ws.p16_1, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
+        else:
+            K.matmul_q4_avx2(out, ws.acc, ws.p16_flat, ws.w8, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
 
     def embed(self, out, ids):
         K.embed_q4(out, self.qs, self.d, self.m, ids)
@@ -118,7 +141,7 @@ class LinearQ8_0:
     def __init__(self, qs, d, n_out, ws):
         self.qs, self.d, self.ws = qs, d, ws
         self.n_out, self.n_in = n_out, qs.shape[1] * 32
-        self.xq, self.xd, self.xs = ws.act(self.n_in)
+        self.xq, self.xd, self.xs, _ = ws.act(self.n_in)
 
     def __call__(self, out, x):
         T, ws = x.shape[0], self.ws

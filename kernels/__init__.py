@@ -10,9 +10,10 @@ from .norm import rmsnorm, layernorm
 from .rope import rope_inplace, rope_2d_inplace
 from .attention import attention
 from .act import swiglu, gelu_tanh
-from . import quant
+from . import quant, avx2
 from .quant import (quantize_act, matvec_q4, matmul_q4, matvec_q8_0, matmul_q8_0,
                     dequant_row_q4, dequant_row_q8_0, embed_q4, embed_q8_0)
+from .avx2 import pair_act, matvec_q4_avx2, matmul_q4_avx2
 
 __all__ = [
     "f16_to_f32", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16",
@@ -20,4 +21,5 @@ __all__ = [
     "layernorm", "rope_2d_inplace", "gelu_tanh",
     "quantize_act", "matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0",
     "dequant_row_q4", "dequant_row_q8_0", "embed_q4", "embed_q8_0",
+    "pair_act", "matvec_q4_avx2", "matmul_q4_avx2",
 ]

@@ -142,6 +142,67 @@ def test_kernels_equal_reference(kind, n, k, gs):
         np.testing.assert_array_equal(row, deq[r])
 
 
+def _avx2_run(out, T, xq, xd, xs, qt, dt, mt, n):
+    """The AVX2 4-bit kernels as glmcpu.linear calls them."""
+    nr, R, TB = 3, qt.shape[-1], K.quant.TB
+    xp = np.zeros((T, xq.shape[1] // 2), np.int16)
+    K.pair_act(xp, xq)
+    if T == 1:
+        o = np.full(out.shape[1], np.nan, np.float32)
+        K.matvec_q4_avx2(o, np.zeros((nr, R), np.float32), np.zeros((nr, R), np.int16), xp, xd, xs, qt, dt, mt, n)
+        out[0] = o
+    else:
+        K.matmul_q4_avx2(out, np.zeros((nr, TB, R), np.float32), np.zeros((nr, TB * R), np.int16),
+                         np.zeros((nr, 32 * R), np.uint8), xp, xd, xs, qt, dt, mt, n)
+
+
+needs_avx2 = pytest.mark.skipif(not K.avx2.available(), reason="no AVX2 here (or GLMCPU_SIMD=off): "
+                                "the model runs the portable kernels, tested above")
+
+
+@needs_avx2
+@pytest.mark.parametrize("kind", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("n,k,gs", [(300, 256, 32), (130, 128, 128), (257, 192, 64), (5, 64, 32)])
+def test_avx2_kernels_equal_reference(kind, n, k, gs):
+    """The vpmaddubsw kernels equal the numpy reference bit for bit (T = 1, 2, 7, 64, ragged rows)."""
+    x_all = RNG.standard_normal((64, k)).astype(np.float32)
+    w = RNG.standard_normal((n, k)).astype(np.float32)
+    (q, d, m), (qt, dt, mt) = _tiled(kind, w, gs)
+    for T in (1, 2, 7, 64):
+        x = x_all[:T]
+        xq, xd, xs = np.zeros((T, k), np.int8), np.zeros((T, k // 32), np.float32), np.zeros((T, k // 32), np.int32)
+        K.quantize_act(xq, xd, xs, x)
+        out = np.full((T, n), np.nan, np.float32)
+        _avx2_run(out, T, xq, xd, xs, qt, dt, mt, n)
+        np.testing.assert_array_equal(out, Q.matmul_ref(kind, q, d, m, gs, x))
+
+
+@needs_avx2
+@pytest.mark.parametrize("nibble", [0, 15])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_avx2_kernels_exact_at_the_int16_extremes(nibble, sign):
+    """Every nibble 0 (q - 8 = -8) or 15 with every activation +-127: the int16 lanes wrap in
+    the AVX2 kernels (sum of q x up to 32 * 15 * 127) and must still give the exact block sums
+    (+-32512 and +-28448), as the portable kernel and the reference do."""
+    n, k, T, R = 130, 128, 5, 128
+    qt = np.full((2, k // 32, 16, R), nibble * 17, np.uint8)      # both nibbles = nibble
+    dt = np.full((2, k // 32, R), np.float16(0.5).view(np.uint16), np.uint16)
+    mt = np.zeros((0, 0, 0), np.uint16)
+    x = np.full((T, k), sign, np.float32)
+    xq, xd, xs = np.zeros((T, k), np.int8), np.zeros((T, k // 32), np.float32), np.zeros((T, k // 32), np.int32)
+    K.quantize_act(xq, xd, xs, x)
+    assert (xq == sign * 127).all()
+    want = np.full((T, n), k // 32 * 32 * (nibble - 8) * sign * 127 * 0.5 * xd[0, 0], np.float64)
+    for t in (1, T):
+        out = np.full((t, n), np.nan, np.float32)
+        _avx2_run(out, t, xq[:t], xd[:t], xs[:t], qt, dt, mt, n)
+        np.testing.assert_allclose(out, want[:t], rtol=1e-6)
+        ref = np.full((t, n), np.nan, np.float32)
+        K.matmul_q4(ref, np.zeros((3, K.quant.TB, R), np.float32), np.zeros((3, K.quant.TB, R), np.int16),
+                    np.zeros((3, 32, R), np.int16), xq[:t], xd[:t], xs[:t], qt, dt, mt, n)
+        np.testing.assert_array_equal(out, ref)
+
+
 @pytest.mark.parametrize("gs", [32, 128])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", GLM_CASES)

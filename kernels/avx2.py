@@ -1,0 +1,333 @@
+"""AVX2 kernels for the 4-bit types: ``vpmaddubsw`` through LLVM intrinsics.
+
+Numba has no vector types, and LLVM does not derive ``vpmaddubsw`` (32 unsigned x signed byte
+products, summed in pairs into 16 int16 lanes, per instruction) from plain loops, so this
+module gives numba one: a 16 x int16 vector value type and four intrinsics over it
+(``zero16``, ``bcast16``, ``maddubs``, ``store16``). Used only where the CPU has AVX2: the
+choice is made once at load (glmcpu.linear.Workspace); ``kernels.quant`` is the portable path.
+
+The arithmetic equals kernels.quant (and so glmcpu.quants.matmul_ref) bit for bit:
+  - a 4-bit byte q of row r holds elements j (low nibble) and j + 16 (high nibble) of a
+    32-block. Unpacked, the pair (q & 15, q >> 4) of row r sits next to each other, and the
+    activations are paired the same way, xp[t, b*16 + j] = (xq[t, b*32+j], xq[t, b*32+16+j]).
+  - maddubs adds (q & 15) x_j + (q >> 4) x_{j+16} (at most 2 * 15 * 127 = 3810 in magnitude,
+    so the instruction's saturation never triggers) to an int16 lane, wrapping. After 16 pairs
+    the lane holds sum(q x) mod 2^16; subtracting 8 sum(x) mod 2^16 gives sum((q - 8) x) mod
+    2^16, and since that sum is at most 32 * 8 * 127 = 32512 in magnitude, the int16 result is
+    exactly the portable kernel's integer.
+  - the float32 scaling is the same expression in the same order as kernels.quant.
+"""
+import os
+
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import config, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from .f16 import f16_to_f32
+from .quant import TB
+
+
+def available(tile_rows=128):
+    """True when these kernels can run here: the CPU numba compiles for has AVX2, the tiles are a
+    multiple of 32 rows, and GLMCPU_SIMD is not "off" (the switch to the portable kernels)."""
+    if os.environ.get("GLMCPU_SIMD", "").lower() in ("off", "0", "no", "portable"):
+        return False
+    if tile_rows % 32 or config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+    except Exception:   # no feature list on this platform: take the portable kernels
+        return False
+
+
+class I16x16(types.Type):
+    """An LLVM <16 x i16> value (one ymm register)."""
+
+    def __init__(self):
+        super().__init__(name="i16x16")
+
+
+i16x16 = I16x16()
+_V16 = ir.VectorType(ir.IntType(16), 16)
+_V8 = ir.VectorType(ir.IntType(8), 32)
+
+
+@register_model(I16x16)
+class _I16x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V16)
+
+
+def _elem_ptr(context, builder, arrty, arr, off):
+    """Pointer to element ``off`` of a C-contiguous array (flat index)."""
+    return builder.gep(context.make_array(arrty)(context, builder, arr).data, [off])
+
+
+def _c_array(t, dtype):
+    return isinstance(t, types.Array) and t.layout == "C" and t.dtype == dtype
+
+
+@intrinsic
+def zero16(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V16, None)
+    return i16x16(), codegen
+
+
+@intrinsic
+def bcast16(typingctx, a, off):
+    """The int16 a.flat[off] in all 16 lanes."""
+    if not (_c_array(a, types.int16) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]))
+        v = builder.insert_element(ir.Constant(_V16, None), v, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, ir.Constant(_V16, None),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+    return i16x16(a, off), codegen
+
+
+@intrinsic
+def maddubs(typingctx, acc, w, off, x):
+    """acc + vpmaddubsw(w.flat[off:off+32] as unsigned bytes, x as 32 signed bytes), wrapping."""
+    if not (acc == i16x16 and _c_array(w, types.uint8) and isinstance(off, types.Integer) and x == i16x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, w, off, x = args
+        p = _elem_ptr(context, builder, sig.args[1], w, off)
+        wv = builder.load(builder.bitcast(p, _V8.as_pointer()), align=1)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V8, _V8]),
+                                            "llvm.x86.avx2.pmadd.ub.sw")
+        return builder.add(acc, builder.call(fn, [wv, builder.bitcast(x, _V8)]))
+    return i16x16(acc, w, off, x), codegen
+
+
+@intrinsic
+def store16(typingctx, a, off, v):
+    """a.flat[off:off+16] = v."""
+    if not (_c_array(a, types.int16) and isinstance(off, types.Integer) and v == i16x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, _V16.as_pointer()), align=2)
+        return context.get_dummy_value()
+    return types.none(a, off, v), codegen
+
+
+@intrinsic
+def unpack_nibbles(typingctx, w, woff, q, qoff):
+    """w.flat[woff + 2i] = q.flat[qoff + i] & 15, w.flat[woff + 2i + 1] = q.flat[qoff + i] >> 4
+    for i < 32 (32 packed bytes -> 64 unsigned nibbles, each byte's two side by side)."""
+    if not (_c_array(w, types.uint8) and _c_array(q, types.uint8)
+            and isinstance(woff, types.Integer) and isinstance(qoff, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        w, woff, q, qoff = args
+        pq = _elem_ptr(context, builder, sig.args[2], q, qoff)
+        qv = builder.load(builder.bitcast(pq, _V8.as_pointer()), align=1)
+        lo = builder.and_(qv, ir.Constant(_V8, [15] * 32))
+        hi = builder.lshr(qv, ir.Constant(_V8, [4] * 32))
+        mask = [k // 2 + (32 if k % 2 else 0) for k in range(64)]
+        both = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 64), mask))
+        pw = _elem_ptr(context, builder, sig.args[0], w, woff)
+        builder.store(both, builder.bitcast(pw, ir.VectorType(ir.IntType(8), 64).as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(w, woff, q, qoff), codegen
+
+
+# ---------------------------------------------------------------- kernels
+
+@njit(cache=True)
+def pair_act(xp, xq):
+    """xq [T, K] int8 -> xp [T, K/2] int16: xp[t, b*16+j] has xq[t, b*32+j] in its low byte and
+    xq[t, b*32+16+j] in its high byte (the pairing of a 4-bit byte's two nibbles)."""
+    T, K = xq.shape
+    for t in range(T):
+        for b in range(K // 32):
+            for j in range(16):
+                lo = np.int32(xq[t, b * 32 + j]) & 255
+                hi = np.int32(xq[t, b * 32 + 16 + j]) << 8
+                xp[t, b * 16 + j] = np.int16(lo | hi)
+
+
+@njit(cache=True)
+def _dot_sub_q4(p, w8, xp, x0, xstride, nt, R):
+    """p.flat[t*R + r] = sum over the 16 byte pairs of row r of w8 times the activation pairs
+    xp.flat[x0 + t*xstride + j], mod 2^16, for t < nt (w8: [16, R, 2] unsigned nibbles).
+    Register tile: 4 tokens x 32 rows (8 accumulators, 2 weight vectors, 4 broadcasts)."""
+    R2 = 2 * R
+    for rc in range(0, R, 32):
+        t = 0
+        while t + 4 <= nt:
+            a0 = zero16()
+            a1 = zero16()
+            a2 = zero16()
+            a3 = zero16()
+            a4 = zero16()
+            a5 = zero16()
+            a6 = zero16()
+            a7 = zero16()
+            xo = x0 + t * xstride
+            for j in range(16):
+                wo = j * R2 + 2 * rc
+                b0 = bcast16(xp, xo + j)
+                b1 = bcast16(xp, xo + xstride + j)
+                b2 = bcast16(xp, xo + 2 * xstride + j)
+                b3 = bcast16(xp, xo + 3 * xstride + j)
+                a0 = maddubs(a0, w8, wo, b0)
+                a1 = maddubs(a1, w8, wo + 32, b0)
+                a2 = maddubs(a2, w8, wo, b1)
+                a3 = maddubs(a3, w8, wo + 32, b1)
+                a4 = maddubs(a4, w8, wo, b2)
+                a5 = maddubs(a5, w8, wo + 32, b2)
+                a6 = maddubs(a6, w8, wo, b3)
+                a7 = maddubs(a7, w8, wo + 32, b3)
+            store16(p, t * R + rc, a0)
+            store16(p, t * R + rc + 16, a1)
+            store16(p, (t + 1) * R + rc, a2)
+            store16(p, (t + 1) * R + rc + 16, a3)
+            store16(p, (t + 2) * R + rc, a4)
+            store16(p, (t + 2) * R + rc + 16, a5)
+            store16(p, (t + 3) * R + rc, a6)
+            store16(p, (t + 3) * R + rc + 16, a7)
+            t += 4
+        while t < nt:
+            a0 = zero16()
+            a1 = zero16()
+            xo = x0 + t * xstride
+            for j in range(16):
+                wo = j * R2 + 2 * rc
+                b0 = bcast16(xp, xo + j)
+                a0 = maddubs(a0, w8, wo, b0)
+                a1 = maddubs(a1, w8, wo + 32, b0)
+            store16(p, t * R + rc, a0)
+            store16(p, t * R + rc + 16, a1)
+            t += 1
+
+
+@njit(cache=True, parallel=True)
+def matmul_q4_avx2(out, scr_acc, scr_p, scr_w8, xp, xd, xs, qs, d, m, n_out):
+    """out [T, n_out] = x W^T, equal bit for bit to kernels.quant.matmul_q4. q4_0 when m has
+    zero size, q4_1 otherwise. xp [T, K/2] int16 paired activations (pair_act), xd, xs as
+    from quantize_act. scr_acc [n_ranges, TB, R] float32, scr_p [n_ranges, TB * R] int16,
+    scr_w8 [n_ranges, 32 * R] uint8 (one unpacked sub-block). R must be a multiple of 32."""
+    n_tiles, n_sub, _, R = qs.shape
+    T = xp.shape[0]
+    xstride = xp.shape[1]
+    spg = n_sub // d.shape[1]
+    has_min = m.size > 0
+    n_ranges = scr_p.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        acc = scr_acc[c]
+        p = scr_p[c]
+        w8 = scr_w8[c]
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            r_end = min(R, n_out - ti * R)
+            for t0 in range(0, T, TB):
+                nt = min(TB, T - t0)
+                for t in range(nt):
+                    for r in range(R):
+                        acc[t, r] = 0.0
+                for sb in range(n_sub):
+                    g = sb // spg
+                    q0 = ((ti * n_sub + sb) * 16) * R
+                    for i in range(0, 16 * R, 32):
+                        unpack_nibbles(w8, 2 * i, qs, q0 + i)
+                    _dot_sub_q4(p, w8, xp, t0 * xstride + sb * 16, xstride, nt, R)
+                    for t in range(nt):
+                        s = xd[t0 + t, sb]
+                        sxi = xs[t0 + t, sb]
+                        if has_min:
+                            sx = np.float32(sxi)
+                            sx8 = np.float32(8.0) * sx
+                            for r in range(R):
+                                pt = np.int16(p[t * R + r] - 8 * sxi)
+                                acc[t, r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(pt) + sx8)
+                                                  + f16_to_f32(m[ti, g, r]) * sx)
+                        else:
+                            for r in range(R):
+                                pt = np.int16(p[t * R + r] - 8 * sxi)
+                                acc[t, r] += np.float32(pt) * (s * f16_to_f32(d[ti, g, r]))
+                for t in range(nt):
+                    for r in range(r_end):
+                        out[t0 + t, ti * R + r] = acc[t, r]
+
+
+def _maddubs_nibbles(half):
+    @intrinsic
+    def impl(typingctx, acc, q, qoff, x):
+        if not (acc == i16x16 and _c_array(q, types.uint8) and isinstance(qoff, types.Integer) and x == i16x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            acc, q, qoff, x = args
+            pq = _elem_ptr(context, builder, sig.args[1], q, qoff)
+            qv = builder.load(builder.bitcast(pq, _V8.as_pointer()), align=1)
+            lo = builder.and_(qv, ir.Constant(_V8, [15] * 32))
+            hi = builder.lshr(qv, ir.Constant(_V8, [4] * 32))
+            mask = [16 * half + k // 2 + (32 if k % 2 else 0) for k in range(32)]
+            w = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32), mask))
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V8, _V8]),
+                                                "llvm.x86.avx2.pmadd.ub.sw")
+            return builder.add(acc, builder.call(fn, [w, builder.bitcast(x, _V8)]))
+        return i16x16(acc, q, qoff, x), codegen
+    return impl
+
+
+maddubs_nib_lo = _maddubs_nibbles(0)
+maddubs_nib_hi = _maddubs_nibbles(1)
+maddubs_nib_lo.__doc__ = ("acc + vpmaddubsw(nibble pairs of rows 0-15 of the 32 packed bytes "
+                          "q.flat[qoff:qoff+32], x)")
+maddubs_nib_hi.__doc__ = "the same for rows 16-31"
+
+
+@njit(cache=True, parallel=True)
+def matvec_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
+    """out [n_out] = W x for one token, equal bit for bit to kernels.quant.matvec_q4.
+    xp [1, K/2] paired activations; scr_acc [n_ranges, R] float32, scr_p [n_ranges, R] int16."""
+    n_tiles, n_sub, _, R = qs.shape
+    spg = n_sub // d.shape[1]
+    has_min = m.size > 0
+    n_ranges = scr_p.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        acc = scr_acc[c]
+        p = scr_p[c]
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            for r in range(R):
+                acc[r] = 0.0
+            for sb in range(n_sub):
+                g = sb // spg
+                q0 = ((ti * n_sub + sb) * 16) * R
+                for rc in range(0, R, 32):
+                    a0 = zero16()
+                    a1 = zero16()
+                    for j in range(16):
+                        b = bcast16(xp, sb * 16 + j)
+                        a0 = maddubs_nib_lo(a0, qs, q0 + j * R + rc, b)
+                        a1 = maddubs_nib_hi(a1, qs, q0 + j * R + rc, b)
+                    store16(p, rc, a0)
+                    store16(p, rc + 16, a1)
+                s = xd[0, sb]
+                sxi = xs[0, sb]
+                if has_min:
+                    sx = np.float32(sxi)
+                    sx8 = np.float32(8.0) * sx
+                    for r in range(R):
+                        pt = np.int16(p[r] - 8 * sxi)
+                        acc[r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(pt) + sx8)
+                                       + f16_to_f32(m[ti, g, r]) * sx)
+                else:
+                    for r in range(R):
+                        pt = np.int16(p[r] - 8 * sxi)
+                        acc[r] += np.float32(pt) * (s * f16_to_f32(d[ti, g, r]))
+            for r in range(min(R, n_out - ti * R)):
+                out[ti * R + r] = acc[r]
