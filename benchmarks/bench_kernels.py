@@ -23,6 +23,7 @@ vpaddw on zmm registers with no horizontal sums; the 32 products of a 4-bit bloc
 exactly (|q - 8| * |x| <= 8 * 127), so 32 lanes fit in one register.
 """
 import argparse
+import os
 import sys
 import time
 
@@ -76,6 +77,9 @@ class Runner:
         self.acc, self.p16, self.p32 = np.zeros((n_ranges, TB, R), np.float32), np.zeros((n_ranges, TB, R), np.int16), np.zeros((n_ranges, TB, R), np.int32)
         self.w = np.zeros((n_ranges, 32, R), np.int16)
         self.row_buf = np.zeros((n_ranges, k), np.float32)
+        self.avx2 = K.avx2.available(R)       # the 4-bit kernels glmcpu.linear picks here
+        self.xp = np.zeros((T, k // 2), np.int16)
+        self.w8 = np.zeros((n_ranges, 32 * R), np.uint8)
 
     def __call__(self):
         a, T, n = self.a, self.T, self.n
@@ -92,6 +96,13 @@ class Runner:
                 K.matvec_q8_0(self.out[0], self.acc1, self.p32_1, self.xq, self.xd, qs, d, n)
             else:
                 K.matmul_q8_0(self.out, self.acc, self.p32, self.w, self.xq, self.xd, qs, d, n)
+        elif self.avx2:
+            K.pair_act(self.xp, self.xq)
+            if T == 1:
+                K.matvec_q4_avx2(self.out[0], self.acc1, self.p16_1, self.xp, self.xd, self.xs, qs, d, m, n)
+            else:
+                K.matmul_q4_avx2(self.out, self.acc, self.p16.reshape(len(self.p16), -1), self.w8,
+                                 self.xp, self.xd, self.xs, qs, d, m, n)
         elif T == 1:
             K.matvec_q4(self.out[0], self.acc1, self.p16_1, self.xq, self.xd, self.xs, qs, d, m, n)
         else:
@@ -227,7 +238,12 @@ def bench_variants(repeat):
     acc, part = np.zeros((n // 128, 128), np.float32), np.zeros((n // 128, 128), np.int16)
     rows.append(("v5 int16 lanes, fastmath", lambda: v5_int16_fastmath(out, acc, part, xq, xd, qs_t, d_t)))
     r = Runner("q4_0", (qs_t, d_t, np.zeros((0, 0, 0), np.uint16)), n, k, 1, 4 * numba.get_num_threads())
-    rows.append(("current matvec_q4", r))
+    avx2 = r.avx2
+    r.avx2 = False
+    rows.append(("matvec_q4 (portable: int16 lanes, exact float order)", r))
+    if avx2:
+        r2 = Runner("q4_0", (qs_t, d_t, np.zeros((0, 0, 0), np.uint16)), n, k, 1, 4 * numba.get_num_threads())
+        rows.append(("matvec_q4_avx2 (vpmaddubsw)", r2))
     print(f"\nq4_0 matvec variants, {n} x {k} ({nbytes / 1e6:.0f} MB), {numba.get_num_threads()} threads")
     print("| variant | ms | GB/s |\n|---|---|---|")
     for name, f in rows:
@@ -242,7 +258,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
     ap.add_argument("--variants", action="store_true", help="also time the earlier q4_0 matvec variants")
     ap.add_argument("--kinds", default="f16,q8_0,q4_0,q4_1")
+    ap.add_argument("--portable", action="store_true",
+                    help="time the portable 4-bit kernels even where the AVX2 ones would be used")
     args = ap.parse_args(argv)
+    if args.portable:
+        os.environ["GLMCPU_SIMD"] = "off"
     if args.threads:
         numba.set_num_threads(args.threads)
     threads = numba.get_num_threads()
@@ -252,7 +272,8 @@ def main(argv=None):
     shapes = {"small": (512, 256)} if args.quick else SHAPES_6B
     tokens = (1, 4) if args.quick else (1, 16, 128)
     rng = np.random.default_rng(0)
-    print(f"\n{threads} threads\n| kind | matrix | shape | T | ms | GB/s | GFLOP/s |\n|---|---|---|---|---|---|---|")
+    print(f"\n{threads} threads, 4-bit kernels: {'avx2' if K.avx2.available(R) else 'portable'}"
+          f"\n| kind | matrix | shape | T | ms | GB/s | GFLOP/s |\n|---|---|---|---|---|---|---|")
     for kind in kinds:
         for name, (n, k) in shapes.items():
             arrays = random_weights(kind, n, k, rng)

@@ -74,8 +74,14 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
     m = glmcpu.load(path, n_ctx=n_ctx, threads=threads)
     res["load_s"] = time.perf_counter() - t0
     res.update(threads=m.threads, family=m.family, n_ctx=n_ctx, quantization=m.file.quantization)
+    from llvmlite import binding as llvm_binding
+    feats = llvm_binding.get_host_cpu_features()
+    res["cpu"] = llvm_binding.get_host_cpu_name() + "".join(
+        f" +{f}" for f in ("avx2", "avx512f", "avx512vnni", "avxvnni", "neon", "dotprod") if feats.get(f))
+    res["kernels_4bit"] = "avx2" if getattr(getattr(m, "ws", None), "avx2", False) else "portable"
     res["weight_bytes_per_token"] = weight_bytes_per_token(m.file)
-    log(f"loaded {path} ({m.family}, {m.file.quantization.get('dtype')}) in {res['load_s']:.2f}s, {m.threads} threads")
+    log(f"loaded {path} ({m.family}, {m.file.quantization.get('dtype')}) in {res['load_s']:.2f}s, {m.threads} threads, "
+        f"cpu {res['cpu']}, 4-bit kernels {res['kernels_4bit']}")
     rng = np.random.default_rng(0)
     vocab = m.vocab_size
 

@@ -66,7 +66,7 @@ class ChatGLM:
         E, H, G, D, F = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff
         qkv_dim = (H + 2 * G) * D
         tile_rows = int(mf.quantization.get("tile_rows", 128))
-        self.ws = Workspace(C, max(E, H * D, F), threads, tile_rows)  # kernel scratch
+        self.ws = Workspace(C, max(E, H * D, F), threads, tile_rows, n_ctx)  # kernel scratch
 
         def lin(name, shape):
             return make_linear(mf, name, shape, self.ws, mode)
@@ -133,7 +133,7 @@ class ChatGLM:
             kc, vc = self.k_cache[layer], self.v_cache[layer]                # [G, n_ctx, D]
             kc[:, pos0:pos0 + T] = qkv3[:, H:H + G].transpose(1, 0, 2)       # [G, T, D]
             vc[:, pos0:pos0 + T] = qkv3[:, H + G:].transpose(1, 0, 2)        # [G, T, D]
-            K.attention(attn.reshape(T, H, D), qkv3, kc, vc, pos0, self.scale, 0)  # [T, H, D]
+            K.attention(attn.reshape(T, H, D), self.ws.scores, qkv3, kc, vc, pos0, self.scale, 0)  # [T, H, D]
             b.attn_output(tmp, attn)                                         # [T, E]
             x += tmp
             # mlp

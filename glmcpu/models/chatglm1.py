@@ -79,7 +79,7 @@ class ChatGLM1:
         self.chunk = n_ctx  # Model.forward hands over whole calls; chunking happens per sublayer
         C = self.sub = max(1, min(chunk, n_ctx))
         E, H, D, F = a.n_embd, a.n_head, a.head_dim, a.n_ff
-        self.ws = Workspace(C, max(E, H * D, F), threads, int(mf.quantization.get("tile_rows", 128)))
+        self.ws = Workspace(C, max(E, H * D, F), threads, int(mf.quantization.get("tile_rows", 128)), n_ctx)
 
         def lin(name, shape):
             return make_linear(mf, name, shape, self.ws, mode)
@@ -185,7 +185,7 @@ class ChatGLM1:
             for c0, c1 in chunks:
                 n = c1 - c0
                 h, attn, tmp = self.h[:n], self.attn[:n], self.tmp[:n]
-                K.attention(attn.reshape(n, H, D), Q[c0:c1], kc, vc, pos0 + c0, self.scale, n_bidir)
+                K.attention(attn.reshape(n, H, D), self.ws.scores, Q[c0:c1], kc, vc, pos0 + c0, self.scale, n_bidir)
                 b.attn_output(tmp, attn)                                              # [n, E]
                 tmp += b.attn_output_b
                 K.layernorm(h, X[c0:c1], b.attn_norm_w, b.attn_norm_b, self.eps)      # the block's input, again
