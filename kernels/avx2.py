@@ -273,7 +273,9 @@ def _maddubs_nibbles(half):
             qv = builder.load(builder.bitcast(pq, _V8.as_pointer()), align=1)
             lo = builder.and_(qv, ir.Constant(_V8, [15] * 32))
             hi = builder.lshr(qv, ir.Constant(_V8, [4] * 32))
-            mask = [16 * half + k // 2 + (32 if k % 2 else 0) for k in range(32)]
+            # vpunpcklbw / vpunpckhbw order: byte pairs of rows 0-7 and 16-23 (half 0) or
+            # 8-15 and 24-31 (half 1); store16x2 puts the rows back in order
+            mask = [(k // 16) * 16 + 8 * half + (k % 16) // 2 + (32 if k % 2 else 0) for k in range(32)]
             w = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32), mask))
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V8, _V8]),
                                                 "llvm.x86.avx2.pmadd.ub.sw")
@@ -284,9 +286,26 @@ def _maddubs_nibbles(half):
 
 maddubs_nib_lo = _maddubs_nibbles(0)
 maddubs_nib_hi = _maddubs_nibbles(1)
-maddubs_nib_lo.__doc__ = ("acc + vpmaddubsw(nibble pairs of rows 0-15 of the 32 packed bytes "
+maddubs_nib_lo.__doc__ = ("acc + vpmaddubsw(nibble pairs of rows 0-7, 16-23 of the 32 packed bytes "
                           "q.flat[qoff:qoff+32], x)")
-maddubs_nib_hi.__doc__ = "the same for rows 16-31"
+maddubs_nib_hi.__doc__ = "the same for rows 8-15, 24-31"
+
+
+@intrinsic
+def store16x2(typingctx, a, off, lo, hi):
+    """a.flat[off:off+32] = the 32 rows of the (maddubs_nib_lo, maddubs_nib_hi) pair, in order."""
+    if not (_c_array(a, types.int16) and isinstance(off, types.Integer) and lo == i16x16 and hi == i16x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, off, lo, hi = args
+        v = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32),
+                                                       list(range(8)) + list(range(16, 24))
+                                                       + list(range(8, 16)) + list(range(24, 32))))
+        p = _elem_ptr(context, builder, sig.args[0], a, off)
+        builder.store(v, builder.bitcast(p, ir.VectorType(ir.IntType(16), 32).as_pointer()), align=2)
+        return context.get_dummy_value()
+    return types.none(a, off, lo, hi), codegen
 
 
 @njit(cache=True, parallel=True)
@@ -314,8 +333,7 @@ def matvec_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
                         b = bcast16(xp, sb * 16 + j)
                         a0 = maddubs_nib_lo(a0, qs, q0 + j * R + rc, b)
                         a1 = maddubs_nib_hi(a1, qs, q0 + j * R + rc, b)
-                    store16(p, rc, a0)
-                    store16(p, rc + 16, a1)
+                    store16x2(p, rc, a0, a1)
                 s = xd[0, sb]
                 sxi = xs[0, sb]
                 if has_min:
