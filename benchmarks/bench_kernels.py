@@ -15,7 +15,12 @@ numba parallel sum reads 33 GB/s:
 | v3 tiled | 32-row tiles, float32 lanes | float32 | 6.3 |
 | v4 tiled-f | 128-row tiles, float32 lanes | float32 | 8.7 |
 | v5 int16 | 128-row tiles, int16 lanes, fastmath | int8 | 29 |
-| current  | 128-row tiles, int16 lanes, exact float order (bit-equal to the reference) | int8 | 21-28 |
+| portable | 128-row tiles, int16 lanes, exact float order (bit-equal to the reference) | int8 | 21-28 |
+
+On the Zen 3 (AVX2 only) machine of 2026-11-23, 2 threads, where the sum reads 27-30 GB/s: v5
+17.4, portable 16.5, and the AVX2 kernel (kernels/avx2.py: 32 packed bytes -> nibble pairs ->
+`vpmaddubsw` against paired int8 activations, through LLVM intrinsics) 22.8 GB/s; at T = 128 the
+AVX2 matmul runs at 160-230 GFLOP/s where the portable one ran at 100-135.
 
 What made the difference: with rows interleaved in tiles, the innermost loop runs over 128 rows
 (contiguous bytes) doing the same thing in every lane, so LLVM emits vpmovzxbw / vpmullw /

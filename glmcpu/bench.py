@@ -78,7 +78,7 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
     feats = llvm_binding.get_host_cpu_features()
     res["cpu"] = llvm_binding.get_host_cpu_name() + "".join(
         f" +{f}" for f in ("avx2", "avx512f", "avx512vnni", "avxvnni", "neon", "dotprod") if feats.get(f))
-    res["kernels_4bit"] = "avx2" if getattr(getattr(m, "ws", None), "avx2", False) else "portable"
+    res["kernels_4bit"] = "avx2" if getattr(getattr(m._impl, "ws", None), "avx2", False) else "portable"
     res["weight_bytes_per_token"] = weight_bytes_per_token(m.file)
     log(f"loaded {path} ({m.family}, {m.file.quantization.get('dtype')}) in {res['load_s']:.2f}s, {m.threads} threads, "
         f"cpu {res['cpu']}, 4-bit kernels {res['kernels_4bit']}")
@@ -179,6 +179,8 @@ def markdown(results):
         typ = q.get("dtype", "?")
         if typ.startswith("q") and q.get("group_size"):
             typ += f"/g{q['group_size']}"
+        if typ.startswith("q4") and r.get("kernels_4bit"):
+            typ += f" {r['kernels_4bit']}"
         d128 = get(r.get("decode"), 128) or {}
         row = [os.path.basename(r["file"]), typ, str(r["threads"]), f"{r['file_bytes'] / 1e9:.2f} GB",
                f"{r['load_s']:.2f}", f"{r['compile_s']:.1f}", cell(r.get("prefill"), 128), cell(r.get("prefill"), 512),

@@ -27,6 +27,8 @@ def test_synth_convert_bench(tmp_path):
               "--json", str(tmp_path / "r.json"))
     res = json.load(open(tmp_path / "r.json"))
     assert res["decode"] and res["prefill"] and res["weight_bytes_per_token"] > 0 and res["peak_rss_bytes"] > 0
+    from glmcpu import kernels as K
+    assert res["kernels_4bit"] == ("avx2" if K.avx2.available() else "portable")   # what the model ran
     assert "decode" in out
     out = run("-m", "glmcpu", "bench", "-m", str(model), "--quick", "--repeat", "1", "--plot", str(tmp_path / "p.png"))
     assert "prefill" in out
