@@ -106,7 +106,7 @@ class Runner:
             if T == 1:
                 K.matvec_q4_avx2(self.out[0], self.acc1, self.p16_1, self.xp, self.xd, self.xs, qs, d, m, n)
             else:
-                K.matmul_q4_avx2(self.out, self.acc, self.p16.reshape(len(self.p16), -1), self.w8,
+                K.matmul_q4_avx2(self.out, self.acc, self.p16, self.w8,
                                  self.xp, self.xd, self.xs, qs, d, m, n)
         elif T == 1:
             K.matvec_q4(self.out[0], self.acc1, self.p16_1, self.xq, self.xd, self.xs, qs, d, m, n)

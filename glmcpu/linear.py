@@ -40,7 +40,6 @@ class Workspace:
         # 4-bit kernels: the AVX2 ones where the CPU has it (decided here, once), else portable
         self.avx2 = K.avx2.available(R)
         if self.avx2:
-            self.p16_flat = self.p16.reshape(n, TB * R)
             self.w8 = np.zeros((n, 32 * R), np.uint8)                 # an unpacked sub-block
             self.xp = np.zeros((chunk, max_in // 2), np.int16)        # paired int8 activations
         self._act = {}
@@ -124,7 +123,7 @@ class LinearQ4:
         if T == 1:
             K.matvec_q4_avx2(out[0], ws.acc1, ws.p16_1, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
         else:
-            K.matmul_q4_avx2(out, ws.acc, ws.p16_flat, ws.w8, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
+            K.matmul_q4_avx2(out, ws.acc, ws.p16, ws.w8, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
 
     def embed(self, out, ids):
         K.embed_q4(out, self.qs, self.d, self.m, ids)

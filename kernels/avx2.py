@@ -26,8 +26,7 @@ from numba import config, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .f16 import f16_to_f32
-from .quant import TB
+from .quant import TB, add_block_q4
 
 
 def available(tile_rows=128):
@@ -70,6 +69,34 @@ def _c_array(t, dtype):
     return isinstance(t, types.Array) and t.layout == "C" and t.dtype == dtype
 
 
+def _load(context, builder, arrty, arr, off, vty):
+    """The vector of type vty at element ``off`` of a C-contiguous array (unaligned)."""
+    p = _elem_ptr(context, builder, arrty, arr, off)
+    return builder.load(builder.bitcast(p, vty.as_pointer()), align=1)
+
+
+def _store(context, builder, arrty, arr, off, v):
+    """Store vector v at element ``off`` of a C-contiguous array (unaligned)."""
+    p = _elem_ptr(context, builder, arrty, arr, off)
+    builder.store(v, builder.bitcast(p, v.type.as_pointer()), align=1)
+
+
+def _nibbles(builder, qv):
+    """(low, high) nibbles of 32 packed bytes, as unsigned bytes."""
+    return builder.and_(qv, ir.Constant(_V8, [15] * 32)), builder.lshr(qv, ir.Constant(_V8, [4] * 32))
+
+
+def _shuffle(builder, a, b, mask):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
+
+
+def _maddubs_add(builder, acc, w, x):
+    """acc + vpmaddubsw(w unsigned bytes, x signed bytes), wrapping."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V8, _V8]),
+                                        "llvm.x86.avx2.pmadd.ub.sw")
+    return builder.add(acc, builder.call(fn, [w, builder.bitcast(x, _V8)]))
+
+
 @intrinsic
 def zero16(typingctx):
     def codegen(context, builder, sig, args):
@@ -86,8 +113,7 @@ def bcast16(typingctx, a, off):
     def codegen(context, builder, sig, args):
         v = builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]))
         v = builder.insert_element(ir.Constant(_V16, None), v, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, ir.Constant(_V16, None),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+        return _shuffle(builder, v, ir.Constant(_V16, None), [0] * 16)
     return i16x16(a, off), codegen
 
 
@@ -99,11 +125,7 @@ def maddubs(typingctx, acc, w, off, x):
 
     def codegen(context, builder, sig, args):
         acc, w, off, x = args
-        p = _elem_ptr(context, builder, sig.args[1], w, off)
-        wv = builder.load(builder.bitcast(p, _V8.as_pointer()), align=1)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V8, _V8]),
-                                            "llvm.x86.avx2.pmadd.ub.sw")
-        return builder.add(acc, builder.call(fn, [wv, builder.bitcast(x, _V8)]))
+        return _maddubs_add(builder, acc, _load(context, builder, sig.args[1], w, off, _V8), x)
     return i16x16(acc, w, off, x), codegen
 
 
@@ -114,8 +136,7 @@ def store16(typingctx, a, off, v):
         return None
 
     def codegen(context, builder, sig, args):
-        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
-        builder.store(args[2], builder.bitcast(p, _V16.as_pointer()), align=2)
+        _store(context, builder, sig.args[0], args[0], args[1], args[2])
         return context.get_dummy_value()
     return types.none(a, off, v), codegen
 
@@ -130,14 +151,9 @@ def unpack_nibbles(typingctx, w, woff, q, qoff):
 
     def codegen(context, builder, sig, args):
         w, woff, q, qoff = args
-        pq = _elem_ptr(context, builder, sig.args[2], q, qoff)
-        qv = builder.load(builder.bitcast(pq, _V8.as_pointer()), align=1)
-        lo = builder.and_(qv, ir.Constant(_V8, [15] * 32))
-        hi = builder.lshr(qv, ir.Constant(_V8, [4] * 32))
-        mask = [k // 2 + (32 if k % 2 else 0) for k in range(64)]
-        both = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 64), mask))
-        pw = _elem_ptr(context, builder, sig.args[0], w, woff)
-        builder.store(both, builder.bitcast(pw, ir.VectorType(ir.IntType(8), 64).as_pointer()), align=1)
+        lo, hi = _nibbles(builder, _load(context, builder, sig.args[2], q, qoff, _V8))
+        both = _shuffle(builder, lo, hi, [k // 2 + (32 if k % 2 else 0) for k in range(64)])
+        _store(context, builder, sig.args[0], w, woff, both)
         return context.get_dummy_value()
     return types.none(w, woff, q, qoff), codegen
 
@@ -216,13 +232,12 @@ def _dot_sub_q4(p, w8, xp, x0, xstride, nt, R):
 def matmul_q4_avx2(out, scr_acc, scr_p, scr_w8, xp, xd, xs, qs, d, m, n_out):
     """out [T, n_out] = x W^T, equal bit for bit to kernels.quant.matmul_q4. q4_0 when m has
     zero size, q4_1 otherwise. xp [T, K/2] int16 paired activations (pair_act), xd, xs as
-    from quantize_act. scr_acc [n_ranges, TB, R] float32, scr_p [n_ranges, TB * R] int16,
+    from quantize_act. scr_acc [n_ranges, TB, R] float32, scr_p [n_ranges, TB, R] int16,
     scr_w8 [n_ranges, 32 * R] uint8 (one unpacked sub-block). R must be a multiple of 32."""
     n_tiles, n_sub, _, R = qs.shape
     T = xp.shape[0]
     xstride = xp.shape[1]
     spg = n_sub // d.shape[1]
-    has_min = m.size > 0
     n_ranges = scr_p.shape[0]
     per = (n_tiles + n_ranges - 1) // n_ranges
     for c in prange(n_ranges):
@@ -243,19 +258,8 @@ def matmul_q4_avx2(out, scr_acc, scr_p, scr_w8, xp, xd, xs, qs, d, m, n_out):
                         unpack_nibbles(w8, 2 * i, qs, q0 + i)
                     _dot_sub_q4(p, w8, xp, t0 * xstride + sb * 16, xstride, nt, R)
                     for t in range(nt):
-                        s = xd[t0 + t, sb]
                         sxi = xs[t0 + t, sb]
-                        if has_min:
-                            sx = np.float32(sxi)
-                            sx8 = np.float32(8.0) * sx
-                            for r in range(R):
-                                pt = np.int16(p[t * R + r] - 8 * sxi)
-                                acc[t, r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(pt) + sx8)
-                                                  + f16_to_f32(m[ti, g, r]) * sx)
-                        else:
-                            for r in range(R):
-                                pt = np.int16(p[t * R + r] - 8 * sxi)
-                                acc[t, r] += np.float32(pt) * (s * f16_to_f32(d[ti, g, r]))
+                        add_block_q4(acc[t], p[t], 8 * sxi, xd[t0 + t, sb], sxi, d, m, ti, g)
                 for t in range(nt):
                     for r in range(r_end):
                         out[t0 + t, ti * R + r] = acc[t, r]
@@ -269,17 +273,12 @@ def _maddubs_nibbles(half):
 
         def codegen(context, builder, sig, args):
             acc, q, qoff, x = args
-            pq = _elem_ptr(context, builder, sig.args[1], q, qoff)
-            qv = builder.load(builder.bitcast(pq, _V8.as_pointer()), align=1)
-            lo = builder.and_(qv, ir.Constant(_V8, [15] * 32))
-            hi = builder.lshr(qv, ir.Constant(_V8, [4] * 32))
+            lo, hi = _nibbles(builder, _load(context, builder, sig.args[1], q, qoff, _V8))
             # vpunpcklbw / vpunpckhbw order: byte pairs of rows 0-7 and 16-23 (half 0) or
             # 8-15 and 24-31 (half 1); store16x2 puts the rows back in order
-            mask = [(k // 16) * 16 + 8 * half + (k % 16) // 2 + (32 if k % 2 else 0) for k in range(32)]
-            w = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32), mask))
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V8, _V8]),
-                                                "llvm.x86.avx2.pmadd.ub.sw")
-            return builder.add(acc, builder.call(fn, [w, builder.bitcast(x, _V8)]))
+            w = _shuffle(builder, lo, hi, [(k // 16) * 16 + 8 * half + (k % 16) // 2 + (32 if k % 2 else 0)
+                                           for k in range(32)])
+            return _maddubs_add(builder, acc, w, x)
         return i16x16(acc, q, qoff, x), codegen
     return impl
 
@@ -299,11 +298,8 @@ def store16x2(typingctx, a, off, lo, hi):
 
     def codegen(context, builder, sig, args):
         a, off, lo, hi = args
-        v = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 32),
-                                                       list(range(8)) + list(range(16, 24))
-                                                       + list(range(8, 16)) + list(range(24, 32))))
-        p = _elem_ptr(context, builder, sig.args[0], a, off)
-        builder.store(v, builder.bitcast(p, ir.VectorType(ir.IntType(16), 32).as_pointer()), align=2)
+        v = _shuffle(builder, lo, hi, list(range(8)) + list(range(16, 24)) + list(range(8, 16)) + list(range(24, 32)))
+        _store(context, builder, sig.args[0], a, off, v)
         return context.get_dummy_value()
     return types.none(a, off, lo, hi), codegen
 
@@ -314,7 +310,6 @@ def matvec_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
     xp [1, K/2] paired activations; scr_acc [n_ranges, R] float32, scr_p [n_ranges, R] int16."""
     n_tiles, n_sub, _, R = qs.shape
     spg = n_sub // d.shape[1]
-    has_min = m.size > 0
     n_ranges = scr_p.shape[0]
     per = (n_tiles + n_ranges - 1) // n_ranges
     for c in prange(n_ranges):
@@ -334,18 +329,6 @@ def matvec_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
                         a0 = maddubs_nib_lo(a0, qs, q0 + j * R + rc, b)
                         a1 = maddubs_nib_hi(a1, qs, q0 + j * R + rc, b)
                     store16x2(p, rc, a0, a1)
-                s = xd[0, sb]
-                sxi = xs[0, sb]
-                if has_min:
-                    sx = np.float32(sxi)
-                    sx8 = np.float32(8.0) * sx
-                    for r in range(R):
-                        pt = np.int16(p[r] - 8 * sxi)
-                        acc[r] += s * (f16_to_f32(d[ti, g, r]) * (np.float32(pt) + sx8)
-                                       + f16_to_f32(m[ti, g, r]) * sx)
-                else:
-                    for r in range(R):
-                        pt = np.int16(p[r] - 8 * sxi)
-                        acc[r] += np.float32(pt) * (s * f16_to_f32(d[ti, g, r]))
+                add_block_q4(acc, p, 8 * xs[0, sb], xd[0, sb], xs[0, sb], d, m, ti, g)
             for r in range(min(R, n_out - ti * R)):
                 out[ti * R + r] = acc[r]

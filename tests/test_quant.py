@@ -152,7 +152,7 @@ def _avx2_run(out, T, xq, xd, xs, qt, dt, mt, n):
         K.matvec_q4_avx2(o, np.zeros((nr, R), np.float32), np.zeros((nr, R), np.int16), xp, xd, xs, qt, dt, mt, n)
         out[0] = o
     else:
-        K.matmul_q4_avx2(out, np.zeros((nr, TB, R), np.float32), np.zeros((nr, TB * R), np.int16),
+        K.matmul_q4_avx2(out, np.zeros((nr, TB, R), np.float32), np.zeros((nr, TB, R), np.int16),
                          np.zeros((nr, 32 * R), np.uint8), xp, xd, xs, qt, dt, mt, n)
 
 
