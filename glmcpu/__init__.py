@@ -12,6 +12,22 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "kernels")) and 
         _os.path.join(_root, "kernels", "__init__.py")):
     __path__.append(_root)  # noqa: F821  (package __path__)
 
+# numba's on-disk cache of compiled kernels goes to a user cache directory, not into the
+# installed package: files numba writes into site-packages are not pip's, so they outlive
+# `pip uninstall`, and the leftover site-packages/glmcpu/ folder then shadows a later editable
+# install as an empty namespace package. A NUMBA_CACHE_DIR set by the user still wins.
+if "NUMBA_CACHE_DIR" not in _os.environ:
+    _cache = _os.path.join(_os.environ.get("XDG_CACHE_HOME") or _os.path.expanduser("~/.cache"), "glmcpu", "numba")
+    try:
+        _os.makedirs(_cache, exist_ok=True)
+    except OSError:
+        pass  # no writable home: numba picks its own place (next to the sources, or its user dir)
+    else:
+        _os.environ["NUMBA_CACHE_DIR"] = _cache
+        import sys as _sys
+        if "numba" in _sys.modules:  # imported before us: make it read the variable now
+            _sys.modules["numba"].core.config.reload_config()
+
 from .errors import GlmcpuError, UnsupportedError  # noqa: E402
 from .model import Model, load  # noqa: E402
 
