@@ -10,49 +10,72 @@ from glmcpu import __version__
 from glmcpu.errors import GlmcpuError
 from glmcpu.file import FORMAT_NAME, FORMAT_VERSION
 from glmcpu.progress import Progress
-from . import families
+from glmcpu import families
 from .hf import Checkpoint, to_f32
+from .plan import plan_tensors
 from .quantize import QTYPES, TILE_ROWS, get_qtype, pick_group_size
 from .writer import Part, write_file, check_output_path
 
 BLOCK_BYTES = 2 << 20  # float32 bytes of rows converted at a time (rounded up to whole tiles)
 
 
-def _tokenizer_entry(ck, family, tokenizer_path):
-    """The tokenizer file's bytes and config for the metadata, or None when the source has none."""
-    path = tokenizer_path or ck.find_file("ice_text.model" if family == "chatglm1" else "tokenizer.model")
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, OSError):
+        raise GlmcpuError(f"{path}: not valid JSON") from None
+
+
+def _tokenizer_entry(ck, family, tokenizer_path, tokenizer_dir):
+    """The tokenizer file's bytes and tokenizer_config.json for the metadata, or None when the
+    source has none. The file is checked by building the family's tokenizer from it."""
+    path = tokenizer_path
+    if path is None:
+        for d in ([tokenizer_dir] if tokenizer_dir else []) + [ck.src]:
+            found = [os.path.join(d, n) for n in family.TOKENIZER_FILES if os.path.isfile(os.path.join(d, n))]
+            if found:
+                path = found[0]
+                break
+        if path is None and tokenizer_dir:
+            raise GlmcpuError(f"{tokenizer_dir}: no {' or '.join(family.TOKENIZER_FILES)} there")
     if path is None:
         return None
     if not os.path.isfile(path):
         raise GlmcpuError(f"{path}: tokenizer file not found")
     with open(path, "rb") as f:
         data = f.read()
-    kind = "tiktoken" if family == "glm4" else "sentencepiece"
-    if kind == "tiktoken":
-        first = data.split(b"\n", 1)[0].split()
-        if len(first) != 2 or not first[1].isdigit():
-            raise GlmcpuError(f"{path}: not a GLM-4 tiktoken file (lines of '<base64 token> <rank>')")
-    else:
-        import sentencepiece as spm
-        sp = spm.SentencePieceProcessor()
-        try:
-            sp.LoadFromSerializedProto(data)
-        except Exception:
-            raise GlmcpuError(f"{path}: not a sentencepiece model") from None
     tc_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-    tok_config = None
-    if os.path.isfile(tc_path):
-        try:
-            with open(tc_path, encoding="utf-8") as f:
-                tok_config = json.load(f)
-        except (ValueError, OSError):
-            raise GlmcpuError(f"{tc_path}: not valid JSON") from None
-    return {"type": kind, "filename": os.path.basename(path), "sha256": hashlib.sha256(data).hexdigest(),
-            "config": tok_config, "data": base64.b64encode(data).decode("ascii")}
+    tok_config = _read_json(tc_path) if os.path.isfile(tc_path) else None
+    entry = {"type": family.TOKENIZER_KIND, "filename": os.path.basename(path),
+             "sha256": hashlib.sha256(data).hexdigest(), "config": tok_config}
+    family.make_tokenizer(entry, data)  # raises a clear error if the file is not this family's tokenizer
+    entry["data"] = base64.b64encode(data).decode("ascii")
+    return entry
+
+
+def _chat_template(tok_entry):
+    """The jinja chat template of tokenizer_config.json (a string, or the "default" of a named list)."""
+    tc = (tok_entry or {}).get("config") or {}
+    t = tc.get("chat_template")
+    if isinstance(t, list):
+        t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+    return t if isinstance(t, str) else None
+
+
+def _generation_eos(ck):
+    """eos ids from generation_config.json (the official generate() stops on these too)."""
+    path = ck.find_file("generation_config.json")
+    if path is None:
+        return []
+    gc = _read_json(path)
+    eos = gc.get("eos_token_id") if isinstance(gc, dict) else None
+    eos = eos if isinstance(eos, list) else [eos]
+    return [int(e) for e in eos if isinstance(e, int) and not isinstance(e, bool)]
 
 
 def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, log=None,
-            group_size=32, embedding_dtype=None, output_dtype=None):
+            group_size=32, embedding_dtype=None, output_dtype=None, tokenizer_dir=None):
     """Convert checkpoint directory ``src`` to the glmcpu file ``out``. Returns summary rows
     [(name, shape, type, bytes)].
 
@@ -72,13 +95,15 @@ def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, l
     for p in ck.weight_files:
         if os.path.abspath(p) == out:
             raise GlmcpuError(f"{out}: output would overwrite an input file")
-    fam = families.detect_family(ck.config, ck.src, family)
-    params = families.build_params(ck.config, fam)
-    plan = families.plan_tensors(ck, ck.config, params)
-    tok = _tokenizer_entry(ck, fam, tokenizer)
+    fam = families.detect(ck.config, ck.src, family)
+    params = fam.params(ck.config)
+    params["eos_token_ids"] += [e for e in _generation_eos(ck) if e not in params["eos_token_ids"]]
+    plan = plan_tensors(ck, ck.config, fam, params)
+    tok = _tokenizer_entry(ck, fam, tokenizer, tokenizer_dir)
     if tok is None:
-        name = "ice_text.model" if fam == "chatglm1" else "tokenizer.model"
-        log(f"note: no {name} in {ck.src}; the file will have no tokenizer (pass --tokenizer PATH)")
+        log(f"note: no {' or '.join(fam.TOKENIZER_FILES)} in {ck.src}; the file will have no tokenizer "
+            f"(pass --tokenizer-dir DIR or --tokenizer PATH)")
+    template = _chat_template(tok)
 
     entries = []  # (name, source, perm, qtype, group size, [Part])
     for name, t, perm in plan:
@@ -109,12 +134,13 @@ def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, l
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "family": fam,
+        "family": fam.NAME,
         "config": json.dumps(ck.config, ensure_ascii=False),
         "params": json.dumps(params),
         "quantization": json.dumps(quant),
         "tensors": json.dumps(tensor_meta),
         "tokenizer": json.dumps(tok),
+        "chat_template": template or "",
         "converter": f"glmcpu {__version__}",
     }
     all_parts = [p for e in entries for p in e[5]]

@@ -78,7 +78,7 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
     feats = llvm_binding.get_host_cpu_features()
     res["cpu"] = llvm_binding.get_host_cpu_name() + "".join(
         f" +{f}" for f in ("avx2", "avx512f", "avx512vnni", "avxvnni", "neon", "dotprod") if feats.get(f))
-    res["kernels_4bit"] = "avx2" if getattr(getattr(m._impl, "ws", None), "avx2", False) else "portable"
+    res["kernels_4bit"] = "avx2" if getattr(getattr(m.arch, "ws", None), "avx2", False) else "portable"
     res["weight_bytes_per_token"] = weight_bytes_per_token(m.file)
     log(f"loaded {path} ({m.family}, {m.file.quantization.get('dtype')}) in {res['load_s']:.2f}s, {m.threads} threads, "
         f"cpu {res['cpu']}, 4-bit kernels {res['kernels_4bit']}")
@@ -87,8 +87,9 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
 
     def prompt(n):
         ids = rng.integers(100, min(vocab, 60000), n).tolist()
-        if m.family == "chatglm1":
-            ids[-2:] = [m.config.gmask_token_id, m.config.bos_token_id]
+        suffix = list(m.arch.prompt_suffix)  # e.g. ChatGLM-6B's [gMASK] <sop>
+        if suffix:
+            ids[-len(suffix):] = suffix
         return ids
 
     # first calls: compile (or load from numba's cache) every kernel the model uses
@@ -123,7 +124,7 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
         times = []
         for _ in range(repeat):
             m.reset()
-            if full_prefill or m.family == "chatglm1":
+            if full_prefill or not m.arch.reuse_cache:
                 m.forward(prompt(ctx), all_logits=False)
             else:
                 m.forward(prompt(2), all_logits=False)

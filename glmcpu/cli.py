@@ -29,7 +29,7 @@ def cmd_convert(args):
     rows = convert(args.src, args.output, dtype=args.dtype, family=args.family,
                    tokenizer=args.tokenizer, progress=None if not args.quiet else False, log=log,
                    group_size=args.group_size, embedding_dtype=args.embedding_dtype,
-                   output_dtype=args.output_dtype)
+                   output_dtype=args.output_dtype, tokenizer_dir=args.tokenizer_dir)
     dt = time.perf_counter() - t0
     if not args.quiet:
         table = [(n, "x".join(map(str, s)), q, f"{b:,}") for n, s, q, b in rows]
@@ -49,16 +49,23 @@ def cmd_info(args):
             meta["tokenizer"]["data"] = f"<{len(mf.tokenizer_bytes())} bytes>"
         print(json.dumps(meta, indent=2, ensure_ascii=False))
         return
-    p = mf.params
+    from glmcpu import models
+    a = models.get(mf.params.get("arch")).args.from_dict(mf.params)
     print(f"file:           {mf.path} ({_fmt_bytes(mf.size)})")
     print(f"format:         glmcpu v{mf.format_version}, written by {mf.meta.get('converter', '?')}")
     print(f"family:         {mf.family}")
     print(f"source:         {mf.hf_config.get('_name_or_path', '?')}")
-    print(f"layers:         {p['n_layer']}, hidden {p['n_embd']}, ffn {p['n_ff']}, heads {p['n_head']} "
-          f"(kv {p['n_kv_head']}, dim {p['head_dim']}), vocab {p['n_vocab']}")
-    print(f"rope:           base {p['rope_base']:g}, position scale {p['rope_pos_scale']:g}, "
-          f"{p['rope_dim']} of {p['head_dim']} dims")
-    print(f"norm eps:       {p['norm_eps']:g}; trained context {p['seq_length']}; eos {p['eos_token_ids']}")
+    print(f"architecture:   {a.arch}" + (" with post-sublayer norms" if getattr(a, "post_norms", False) else ""))
+    print(f"layers:         {a.n_layer}, hidden {a.n_embd}, ffn {a.n_ff}, heads {a.n_head} "
+          f"(kv {a.n_kv_head}, dim {a.head_dim}), vocab {a.n_vocab}")
+    if hasattr(a, "rope_dim"):
+        print(f"rope:           base {a.rope_base:g}, position scale {a.rope_pos_scale:g}, "
+              f"{a.rope_dim} of {a.head_dim} dims")
+    else:
+        print(f"rope:           2-D (position and block position), base {a.rope_base:g}")
+    print(f"norm eps:       {a.norm_eps:g}; trained context {a.seq_length}; eos {a.eos_token_ids}")
+    template = mf.meta.get("chat_template")
+    print(f"chat template:  " + (f"jinja, {len(template)} characters" if template else "built in"))
     print(f"quantization:   {json.dumps(mf.quantization)}")
     tok = mf.tokenizer_info
     if tok:
@@ -242,7 +249,7 @@ def cmd_run(args):
 
 
 def build_parser():
-    from glmcpu import __version__
+    from glmcpu import __version__, families
     p = argparse.ArgumentParser(prog="glmcpu", description="ChatGLM inference on the CPU (numpy + numba).")
     p.add_argument("--version", action="version", version=f"glmcpu {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -256,9 +263,11 @@ def build_parser():
                    help="values per scale for q8_0/q4_0/q4_1 (default 32)")
     c.add_argument("--embedding-dtype", choices=DTYPES, help="type of the token embedding (default: --dtype)")
     c.add_argument("--output-dtype", choices=DTYPES, help="type of the output layer (default: --dtype)")
-    c.add_argument("--family", choices=["chatglm1", "chatglm2", "chatglm3", "glm4"],
+    c.add_argument("--family", choices=families.names(),
                    help="override family detection from config.json")
-    c.add_argument("--tokenizer", help="tokenizer.model to store in the file (default: the one in SRC)")
+    c.add_argument("--tokenizer-dir", help="directory with the tokenizer files (tokenizer.model or tokenizer.json, "
+                                          "tokenizer_config.json) when they are not next to the weights")
+    c.add_argument("--tokenizer", help="tokenizer file to store in the file (default: the one in SRC)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
     c.set_defaults(func=cmd_convert)
 

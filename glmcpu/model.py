@@ -5,23 +5,11 @@ import time
 import numpy as np
 import numba
 
+from . import families, models
 from .errors import GlmcpuError
 from .file import ModelFile
 from .linear import MODES
 from .threads import resolve_threads
-
-ARCHS = {}
-
-
-def _arch(name):
-    if not ARCHS:
-        from .models.chatglm import ChatGLM
-        from .models.chatglm1 import ChatGLM1
-        ARCHS["chatglm"] = ChatGLM
-        ARCHS["chatglm1"] = ChatGLM1
-    if name not in ARCHS:
-        raise GlmcpuError(f"unsupported architecture {name!r} in the model file (upgrade glmcpu)")
-    return ARCHS[name]
 
 
 class Model:
@@ -29,7 +17,8 @@ class Model:
 
     forward(token_ids) -> float32 logits [len(token_ids), vocab_size], appending the tokens to
     the cache; reset() empties it. ``config`` is the model's normalized hyper-parameters
-    (``ModelArgs``), ``hf_config`` the original config.json.
+    (``ModelArgs``), ``hf_config`` the original config.json, ``family`` the family's name and
+    ``arch`` the architecture instance that runs the forward (weights, KV cache, buffers).
     """
 
     def __init__(self, path, n_ctx=4096, threads=None, mode="fast"):
@@ -41,10 +30,12 @@ class Model:
         self.threads = resolve_threads(threads)
         self.file = ModelFile(self.path)
         self.family = self.file.family
+        self._family = families.get(self.family)
         self.hf_config = self.file.hf_config
         self.mode = mode
-        self._impl = _arch(self.file.params.get("arch"))(self.file, int(n_ctx), self.threads, mode=mode)
-        self.config = self._impl.args
+        self.arch = models.get(self.file.params.get("arch")).runner(self.file, int(n_ctx), self.threads, mode=mode)
+        self.config = self.arch.args
+        self.chat_template = self.file.meta.get("chat_template") or None
         self.vocab_size = self.config.n_vocab
         self.n_ctx = int(n_ctx)
         self.n_past = 0
@@ -66,8 +57,8 @@ class Model:
         """Empty the KV cache (the next forward starts at position 0)."""
         self.n_past = 0
         self.tokens = []
-        if hasattr(self._impl, "reset"):
-            self._impl.reset()
+        if hasattr(self.arch, "reset"):
+            self.arch.reset()
 
     def _rewind(self, n):
         """Keep only the first n cached tokens (their keys and values stay valid: causal attention)."""
@@ -96,7 +87,7 @@ class Model:
                 f"load with a larger n_ctx (--ctx) or reset()")
         ids = ids.astype(np.int64)
         numba.set_num_threads(self.threads)
-        impl = self._impl
+        impl = self.arch
         logits = np.empty((T if all_logits else 1, self.vocab_size), np.float32)
         for c0 in range(0, T, impl.chunk):
             c1 = min(T, c0 + impl.chunk)
@@ -111,10 +102,15 @@ class Model:
 
     # ------------------------------------------------------------------ text generation
 
-    def chat_prompt(self, messages):
-        """Prompt ids the official chat code builds for messages, ending where the reply starts."""
-        from .chat import chat_prompt
-        return chat_prompt(self.tokenizer, messages)
+    def chat_prompt(self, messages, tools=None, parse_special=False):
+        """Prompt ids the official chat code builds for ``messages``, ending where the reply starts.
+
+        tools: OpenAI-style function specs, rendered as the family's official tool prompt.
+        parse_special=False (the default) encodes message content literally, so a user typing
+        "<|user|>" cannot inject a role token; True gives the official tokenizer's ids, where
+        special-token text inside a message becomes the special token."""
+        return self._family.chat_prompt(self.tokenizer, messages, tools=tools, parse_special=parse_special,
+                                        template=self.chat_template)
 
     def generate(self, prompt, stream=True, **sampling):
         """Continue ``prompt`` (a string, encoded with the family's [gMASK]/sop prefix or v1's
@@ -149,7 +145,7 @@ class Model:
             ids = self.chat_prompt(messages)
         if dropped:
             notify(f"[context full: dropped the {dropped} oldest message(s) to fit n_ctx={self.n_ctx}]")
-        it = self._generate(ids, reuse=self._impl.reuse_cache, params=params)
+        it = self._generate(ids, reuse=self.arch.reuse_cache, params=params)
         return it if stream else "".join(it)
 
     def _generate(self, ids, reuse, params=None, **sampling):

@@ -25,8 +25,9 @@ def log_softmax_at(logits, targets):
 
 def perplexity(model, text, n_ctx=None, stride=None, progress=None):
     """Returns (perplexity, number of scored tokens)."""
-    if model.family == "chatglm1":
-        raise GlmcpuError("perplexity is not implemented for ChatGLM-6B (v1): its prompt prefix is bidirectional")
+    if not model.arch.reuse_cache:
+        raise GlmcpuError(f"perplexity is not implemented for {model.family}: its prompt prefix is bidirectional "
+                          f"(ChatGLM-6B v1), so a window cannot be scored causally")
     tok = model.tokenizer
     ids = tok.prefix_ids() + tok.encode(text)
     n_ctx = min(n_ctx or model.n_ctx, model.n_ctx)

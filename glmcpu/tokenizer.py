@@ -8,9 +8,14 @@
   glm4                tiktoken BPE (tokenizer.model: "<base64 token> <rank>" lines) with GLM-4's
                       pre-tokenization regex; special tokens 151329..151342
 
-encode() never turns text into a special token: a user typing "<|user|>" gets the ids of those
-characters. Special tokens are only added by add_special_tokens=True and by the chat templates.
+encode(text, parse_special=...) decides whether special-token strings in the text become special
+tokens. The default is what the official tokenizer does (GLM-4's turns a literal "<|user|>" into
+the token; the sentencepiece ones keep it as text); chat message content is always encoded with
+parse_special=False unless asked, so a user cannot inject a role token. Special tokens are added
+by add_special_tokens=True and by the chat formats.
 """
+import re
+
 import base64
 
 from .errors import GlmcpuError
@@ -29,15 +34,39 @@ class Tokenizer:
 
     family = None
     special = {}  # name -> id
+    parses_special = False  # what the official encode does with special-token text
 
     def token_id(self, name):
+        if name not in self.special:
+            raise GlmcpuError(f"the {self.family} tokenizer has no special token {name!r}")
         return self.special[name]
 
-    def encode(self, text, add_special_tokens=False):
-        ids = self._encode(text)
+    def encode(self, text, add_special_tokens=False, parse_special=None):
+        """Token ids of ``text``. parse_special: special-token strings in the text become special
+        tokens (None: as the official tokenizer does). add_special_tokens: the raw-prompt prefix
+        (ChatGLM2/3, GLM-4: [gMASK] sop) or suffix (ChatGLM-6B: [gMASK] <sop>)."""
+        if not isinstance(text, str):
+            raise GlmcpuError(f"encode() needs a str, got {type(text).__name__}")
+        if parse_special is None:
+            parse_special = self.parses_special
+        if parse_special:
+            ids = []
+            for piece in self._split_special(text):
+                ids += [self.special[piece]] if piece in self.special else self._encode(piece)
+        else:
+            ids = self._encode(text)
         if add_special_tokens:
             ids = self.prefix_ids() + ids + self.suffix_ids()
         return ids
+
+    def _split_special(self, text):
+        """text split around special-token strings (kept as pieces of their own)."""
+        if not hasattr(self, "_special_re"):
+            names = sorted(self.special, key=len, reverse=True)
+            self._special_re = re.compile("(" + "|".join(re.escape(n) for n in names) + ")") if names else None
+        if self._special_re is None:
+            return [text]
+        return [p for p in self._special_re.split(text) if p]
 
     def prefix_ids(self):
         return []
@@ -52,7 +81,7 @@ class Tokenizer:
 class SentencePieceGLM(Tokenizer):
     """ChatGLM2 and ChatGLM3."""
 
-    def __init__(self, model_bytes, family):
+    def __init__(self, model_bytes, family, roles):
         import sentencepiece as spm
         self.family = family
         self.sp = spm.SentencePieceProcessor()
@@ -61,7 +90,7 @@ class SentencePieceGLM(Tokenizer):
         except Exception:
             raise GlmcpuError("the tokenizer stored in the model file is not a sentencepiece model") from None
         n = self.sp.vocab_size()
-        names = GLM_SPECIAL + (GLM3_ROLES if family == "chatglm3" else [])
+        names = GLM_SPECIAL + (GLM3_ROLES if roles else [])
         self.special = {name: n + i for i, name in enumerate(names)}
         self._by_id = {i: name for name, i in self.special.items()}
         self._special_ids = set(self._by_id)
@@ -133,6 +162,7 @@ class IceTextTokenizer(Tokenizer):
 
 class TiktokenGLM4(Tokenizer):
     family = "glm4"
+    parses_special = True  # the official tokenizer splits its added special tokens out of the text
 
     def __init__(self, model_bytes):
         import tiktoken
@@ -166,14 +196,13 @@ class TiktokenGLM4(Tokenizer):
 
 
 def load_tokenizer(family, info, data):
-    """Tokenizer from the model file's tokenizer metadata and bytes."""
-    kind = info.get("type")
-    if family == "glm4":
-        if kind != "tiktoken":
-            raise GlmcpuError(f"a GLM-4 model needs the tiktoken tokenizer file, the model file has {kind!r}")
-        return TiktokenGLM4(data)
-    if family == "chatglm1":
-        return IceTextTokenizer(data)
-    if family in ("chatglm2", "chatglm3"):
-        return SentencePieceGLM(data, family)
-    raise GlmcpuError(f"no tokenizer for family {family!r}")
+    """The tokenizer of ``family`` from the model file's tokenizer entry and bytes."""
+    from . import families
+    fam = families.get(family)
+    kind = (info or {}).get("type")
+    if kind != fam.TOKENIZER_KIND:
+        raise GlmcpuError(f"a {family} model needs a {fam.TOKENIZER_KIND} tokenizer "
+                          f"({' or '.join(fam.TOKENIZER_FILES)}), the model file has {kind!r}")
+    tok = fam.make_tokenizer(info, data)
+    tok.family = family
+    return tok

@@ -22,7 +22,7 @@ def _run(path, chunk=None, mode="fast"):
     e = _expected()
     m = glmcpu.load(path, mode=mode)
     if chunk:
-        m._impl.sub = chunk
+        m.arch.sub = chunk
     pre = m.forward(e["prompt_ids"])
     dec = np.concatenate([m.forward([int(t)]) for t in e["decode_ids"]])
     return pre, dec

@@ -46,14 +46,14 @@ def test_chunked_prefill_and_last_logits_equal_one_pass(converted):
     ids = e["prompt_ids"]
     full = glmcpu.load(path).forward(ids)
     m = glmcpu.load(path)
-    m._impl.chunk = 5  # prompt processed in chunks of 5 tokens
+    m.arch.chunk = 5  # prompt processed in chunks of 5 tokens
     assert max_rel(m.forward(ids), e["prefill_logits"]) <= TOL["f32"]
     m.reset()
     last = m.forward(ids, all_logits=False)
     assert last.shape == (1, m.vocab_size)
     np.testing.assert_allclose(last[0], full[-1], rtol=0, atol=1e-5 * np.abs(full).max())
     # token-by-token decoding of the prompt gives the same logits as one prefill
-    m._impl.chunk = 256
+    m.arch.chunk = 256
     m.reset()
     steps = np.concatenate([m.forward([int(t)]) for t in ids])
     assert max_rel(steps, e["prefill_logits"]) <= TOL["f32"]
@@ -74,7 +74,7 @@ def test_contract_attributes(converted):
     assert m.n_ctx == 64 and m.vocab_size == 320 and m.threads == 1
     assert m.config.n_layer == 2 and m.config.n_kv_head == 2 and m.family == "chatglm2"
     assert m.hf_config["_name_or_path"] == "THUDM/chatglm2-6b"
-    assert m._impl.k_cache.shape == (2, 2, 64, 16)  # preallocated for n_ctx, not seq_length
+    assert m.arch.k_cache.shape == (2, 2, 64, 16)  # preallocated for n_ctx, not seq_length
 
 
 def test_context_overflow_and_bad_ids(converted):
@@ -98,10 +98,10 @@ def test_weights_are_memory_mapped_not_copied(converted):
     m = glmcpu.load(path, n_ctx=16)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    kv_and_scratch = m._impl.kv_bytes() + m._impl.scratch_bytes()
+    kv_and_scratch = m.arch.kv_bytes() + m.arch.scratch_bytes()
     weights = os.path.getsize(path)
     assert peak < kv_and_scratch + 0.5 * weights  # weights themselves were not read into RAM
-    for lin in (m._impl.tok_embd, m._impl.blocks[0].attn_qkv, m._impl.output):
+    for lin in (m.arch.tok_embd, m.arch.blocks[0].attn_qkv, m.arch.output):
         w = lin.w
         assert not w.flags.owndata and not w.flags.writeable
         base = w

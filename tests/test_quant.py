@@ -278,7 +278,7 @@ def test_keep_embedding_and_output_f16_and_odd_rows(tmp_path):
     assert types["token_embd.weight"] == "f16" and types["output.weight"] == "f16"
     assert types["blk.0.attn_qkv.weight"] == "q4_0/g32"
     m = glmcpu.load(path)
-    assert m._impl.tok_embd.type == "f16" and m._impl.blocks[0].attn_qkv.type == "q4_0"
+    assert m.arch.tok_embd.type == "f16" and m.arch.blocks[0].attn_qkv.type == "q4_0"
     assert not any("kept in f16" in n for n in notes)
     from glmcpu.convert.quantize import pick_group_size
     assert pick_group_size(96, 128) == 32 and pick_group_size(4096, 128) == 128 and pick_group_size(80, 32) is None

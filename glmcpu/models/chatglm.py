@@ -1,10 +1,13 @@
-"""ChatGLM2-6B, ChatGLM3-6B and GLM-4-9B: one architecture.
+"""The GLM decoder: ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B, glm-4-9b-chat-hf, GLM-Edge, GLM-4-0414.
 
     x = embed(ids)
     for each block:
-        h = x + attention(rmsnorm(x))          # grouped-query attention, rotary on half of each head
+        h = x + attention(rmsnorm(x))          # grouped-query attention, rotary on rope_dim channels
         x = h + mlp(rmsnorm(h))                # SwiGLU
     logits = output(rmsnorm(x))
+
+With ``post_norms`` (GLM-4-0414) each sublayer's output is RMS-normed before its residual add:
+``h = x + rmsnorm(attention(rmsnorm(x)))``, ``x = h + rmsnorm(mlp(rmsnorm(h)))``.
 
 Weights are zero-copy views of the memory-mapped file; every buffer (KV cache, activations for
 a chunk of up to ``chunk`` tokens) is allocated once here, never inside forward.
@@ -28,19 +31,44 @@ class ModelArgs:
     n_ff: int
     n_vocab: int
     norm_eps: float
-    rope_dim: int          # rotated dims per head (half of head_dim)
-    rope_base: float       # 10000 * rope_ratio for ChatGLM3-32k/128k and GLM-4
+    rope_dim: int          # rotated channels per head, from the first (half of head_dim; all for GLM-Edge)
+    rope_base: float       # 10000 * rope_ratio for ChatGLM3-32k/128k and GLM-4; rope_theta for the HF layouts
     rope_pos_scale: float  # positions divided by this (ChatGLM2-6B-32k's rope_ratio)
     qkv_bias: bool
     seq_length: int
     eos_token_ids: list = field(default_factory=list)
     pad_token_id: int = None
+    post_norms: bool = False  # RMSNorm on each sublayer's output (GLM-4-0414)
     arch: str = "chatglm"
 
     @classmethod
     def from_dict(cls, d):
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def tensor_table(a):
+    """Our tensor names -> shapes for ModelArgs ``a`` (the converter, the loader and the test
+    helpers all read this table)."""
+    E, H, G, D, F, V = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff, a.n_vocab
+    shapes = {"token_embd.weight": (V, E)}
+    for i in range(a.n_layer):
+        b = f"blk.{i}."
+        shapes[b + "attn_norm.weight"] = (E,)
+        shapes[b + "attn_qkv.weight"] = ((H + 2 * G) * D, E)
+        if a.qkv_bias:
+            shapes[b + "attn_qkv.bias"] = ((H + 2 * G) * D,)
+        shapes[b + "attn_output.weight"] = (E, H * D)
+        if a.post_norms:
+            shapes[b + "attn_post_norm.weight"] = (E,)
+        shapes[b + "ffn_norm.weight"] = (E,)
+        shapes[b + "ffn_up_gate.weight"] = (2 * F, E)
+        shapes[b + "ffn_down.weight"] = (E, F)
+        if a.post_norms:
+            shapes[b + "ffn_post_norm.weight"] = (E,)
+    shapes["output_norm.weight"] = (E,)
+    shapes["output.weight"] = (V, E)
+    return shapes
 
 
 def rope_tables(n_ctx, rope_dim, base, pos_scale):
@@ -58,6 +86,7 @@ class Block:
 
 class ChatGLM:
     reuse_cache = True  # causal: a cached prefix stays valid when the prompt grows
+    prompt_suffix = ()  # ids a raw prompt must end with (none: the prefix is in the tokenizer)
 
     def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
         a = self.args = ModelArgs.from_dict(mf.params)
@@ -79,9 +108,11 @@ class ChatGLM:
             b.attn_qkv = lin(p + "attn_qkv.weight", (qkv_dim, E))          # [(H + 2G) D, E]
             b.attn_qkv_bias = load_vector(mf, p + "attn_qkv.bias", qkv_dim) if a.qkv_bias else None
             b.attn_output = lin(p + "attn_output.weight", (E, H * D))      # [E, H D]
+            b.attn_post_norm = load_vector(mf, p + "attn_post_norm.weight", E) if a.post_norms else None
             b.ffn_norm = load_vector(mf, p + "ffn_norm.weight", E)         # [E]
             b.ffn_up_gate = lin(p + "ffn_up_gate.weight", (2 * F, E))      # [2F, E]
             b.ffn_down = lin(p + "ffn_down.weight", (E, F))                # [E, F]
+            b.ffn_post_norm = load_vector(mf, p + "ffn_post_norm.weight", E) if a.post_norms else None
             self.blocks.append(b)
         self.output_norm = load_vector(mf, "output_norm.weight", E)        # [E]
         self.output = lin("output.weight", (a.n_vocab, E))                 # [vocab, E]
@@ -135,12 +166,16 @@ class ChatGLM:
             vc[:, pos0:pos0 + T] = qkv3[:, H + G:].transpose(1, 0, 2)        # [G, T, D]
             K.attention(attn.reshape(T, H, D), self.ws.scores, qkv3, kc, vc, pos0, self.scale, 0)  # [T, H, D]
             b.attn_output(tmp, attn)                                         # [T, E]
+            if b.attn_post_norm is not None:
+                K.rmsnorm(tmp, tmp, b.attn_post_norm, self.eps)
             x += tmp
             # mlp
             K.rmsnorm(h, x, b.ffn_norm, self.eps)                            # [T, E]
             b.ffn_up_gate(gu, h)                                             # [T, 2F]
             K.swiglu(act, gu)                                                # [T, F]
             b.ffn_down(tmp, act)                                             # [T, E]
+            if b.ffn_post_norm is not None:
+                K.rmsnorm(tmp, tmp, b.ffn_post_norm, self.eps)
             x += tmp
         if logits is not None:
             last = x[T - logits.shape[0]:]                                   # [T or 1, E]

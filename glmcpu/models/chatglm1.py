@@ -57,6 +57,22 @@ class ModelArgs:
         return self.n_head
 
 
+def tensor_table(a):
+    """Our tensor names -> shapes for ModelArgs ``a``."""
+    E, HD, F, V = a.n_embd, a.n_head * a.head_dim, a.n_ff, a.n_vocab
+    shapes = {"token_embd.weight": (V, E)}
+    for i in range(a.n_layer):
+        b = f"blk.{i}."
+        shapes.update({b + "attn_norm.weight": (E,), b + "attn_norm.bias": (E,),
+                       b + "attn_qkv.weight": (3 * HD, E), b + "attn_qkv.bias": (3 * HD,),
+                       b + "attn_output.weight": (E, HD), b + "attn_output.bias": (E,),
+                       b + "ffn_norm.weight": (E,), b + "ffn_norm.bias": (E,),
+                       b + "ffn_up.weight": (F, E), b + "ffn_up.bias": (F,),
+                       b + "ffn_down.weight": (E, F), b + "ffn_down.bias": (E,)})
+    shapes.update({"output_norm.weight": (E,), "output_norm.bias": (E,), "output.weight": (V, E)})
+    return shapes
+
+
 def rope_tables(n_pos, head_dim, base):
     """cos, sin [n_pos, head_dim // 4]. The official RotaryEmbedding stores inv_freq in float16,
     so the frequencies are float16-rounded before use (as in every ChatGLM-6B checkpoint)."""
@@ -72,6 +88,11 @@ class Block:
 
 class ChatGLM1:
     reuse_cache = False  # the prompt prefix is bidirectional: a new prompt is recomputed whole
+
+    @property
+    def prompt_suffix(self):
+        """A raw prompt ends with [gMASK] <sop>."""
+        return (self.args.gmask_token_id, self.args.bos_token_id)
 
     def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
         a = self.args = ModelArgs.from_dict(mf.params)
