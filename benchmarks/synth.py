@@ -1,4 +1,4 @@
-"""Write a seeded random-weight checkpoint in the exact Hugging Face layout of a ChatGLM model.
+"""Write a seeded random-weight checkpoint in the exact Hugging Face layout of a GLM-family model.
 
 Random weights decode exactly as fast as real ones, so these checkpoints are what the speed
 benchmarks run on (no real weights can be downloaded here). Tensors are written one block of
@@ -29,6 +29,12 @@ GLM_BASE = {
     "tie_word_embeddings": False, "torch_dtype": "float16", "use_cache": True, "eos_token_id": 2, "pad_token_id": 0,
 }
 
+HF_BASE = {
+    "model_type": "glm", "architectures": ["GlmForCausalLM"], "hidden_act": "silu", "attention_dropout": 0.0,
+    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "torch_dtype": "bfloat16", "use_cache": True,
+    "eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329,
+}
+
 SHAPES = {
     "chatglm3-6b": dict(GLM_BASE, _name_or_path="THUDM/chatglm3-6b", num_layers=28, hidden_size=4096,
                         ffn_hidden_size=13696, num_attention_heads=32, multi_query_group_num=2, kv_channels=128,
@@ -46,49 +52,46 @@ SHAPES = {
                    "layernorm_epsilon": 1e-05, "max_sequence_length": 2048, "num_attention_heads": 32,
                    "num_layers": 28, "position_encoding_2d": True, "torch_dtype": "float16", "use_cache": True,
                    "vocab_size": 130528},
+    # transformers-native layouts (GlmForCausalLM / Glm4ForCausalLM), from the releases' config.json
+    "glm-edge-1.5b-chat": dict(HF_BASE, _name_or_path="THUDM/glm-edge-1.5b-chat", num_hidden_layers=28,
+                               hidden_size=2048, intermediate_size=6144, num_attention_heads=16,
+                               num_key_value_heads=4, head_dim=128, partial_rotary_factor=1.0, vocab_size=59264,
+                               max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False,
+                               eos_token_id=[59246, 59253, 59255], pad_token_id=59246),
+    "glm-edge-4b-chat": dict(HF_BASE, _name_or_path="THUDM/glm-edge-4b-chat", num_hidden_layers=40,
+                             hidden_size=3072, intermediate_size=8192, num_attention_heads=24,
+                             num_key_value_heads=6, head_dim=128, partial_rotary_factor=1.0, vocab_size=59264,
+                             max_position_embeddings=8192, tie_word_embeddings=False, attention_bias=False,
+                             eos_token_id=[59246, 59253, 59255], pad_token_id=59246),
+    "glm-4-9b-0414": dict(HF_BASE, _name_or_path="THUDM/GLM-4-9B-0414", model_type="glm4",
+                          architectures=["Glm4ForCausalLM"], num_hidden_layers=40, hidden_size=4096,
+                          intermediate_size=13696, num_attention_heads=32, num_key_value_heads=2, head_dim=128,
+                          partial_rotary_factor=0.5, vocab_size=151552, max_position_embeddings=32768,
+                          tie_word_embeddings=False, attention_bias=True),
     # tiny, for the benchmark smoke tests
     "tiny": dict(GLM_BASE, _name_or_path="THUDM/chatglm3-6b", num_layers=2, hidden_size=128, ffn_hidden_size=256,
                  num_attention_heads=4, multi_query_group_num=2, kv_channels=32, padded_vocab_size=65024,
                  seq_length=8192),
 }
-TOKENIZER_FILES = {"chatglm3-6b": "chatglm2-chatglm3", "chatglm3-1b": "chatglm2-chatglm3", "tiny": "chatglm2-chatglm3",
-                   "glm4-9b": "glm-4-9b-chat", "chatglm-6b": "chatglm-6b"}
+# folder under ../shared/tokenizers, tokenizer_config file there (GLM-Edge's own tokenizer is not available)
+TOKENIZER_FILES = {"chatglm3-6b": ("chatglm2-chatglm3", "tokenizer_config.chatglm3.json"),
+                   "chatglm3-1b": ("chatglm2-chatglm3", "tokenizer_config.chatglm3.json"),
+                   "tiny": ("chatglm2-chatglm3", "tokenizer_config.chatglm3.json"),
+                   "glm4-9b": ("glm-4-9b-chat", "tokenizer_config.json"),
+                   "chatglm-6b": ("chatglm-6b", "tokenizer_config.json"),
+                   "glm-4-9b-0414": ("glm-4-hf", "tokenizer_config.0414.json")}
 
 
 def tensor_shapes(cfg):
-    """HF tensor name -> shape, in checkpoint order."""
-    L, E = cfg["num_layers"], cfg["hidden_size"]
-    if "inner_hidden_size" in cfg:  # ChatGLM-6B v1
-        F, V = cfg["inner_hidden_size"], cfg["vocab_size"]
-        out = {"transformer.word_embeddings.weight": (V, E)}
-        for i in range(L):
-            p = f"transformer.layers.{i}."
-            out.update({p + "input_layernorm.weight": (E,), p + "input_layernorm.bias": (E,),
-                        p + "attention.query_key_value.weight": (3 * E, E), p + "attention.query_key_value.bias": (3 * E,),
-                        p + "attention.dense.weight": (E, E), p + "attention.dense.bias": (E,),
-                        p + "post_attention_layernorm.weight": (E,), p + "post_attention_layernorm.bias": (E,),
-                        p + "mlp.dense_h_to_4h.weight": (F, E), p + "mlp.dense_h_to_4h.bias": (F,),
-                        p + "mlp.dense_4h_to_h.weight": (E, F), p + "mlp.dense_4h_to_h.bias": (E,)})
-        out.update({"transformer.final_layernorm.weight": (E,), "transformer.final_layernorm.bias": (E,),
-                    "lm_head.weight": (V, E)})
-        return out
-    H, G, D, F, V = (cfg["num_attention_heads"], cfg["multi_query_group_num"], cfg["kv_channels"],
-                     cfg["ffn_hidden_size"], cfg["padded_vocab_size"])
-    out = {"transformer.embedding.word_embeddings.weight": (V, E)}
-    for i in range(L):
-        p = f"transformer.encoder.layers.{i}."
-        out.update({p + "input_layernorm.weight": (E,),
-                    p + "self_attention.query_key_value.weight": ((H + 2 * G) * D, E),
-                    p + "self_attention.query_key_value.bias": ((H + 2 * G) * D,),
-                    p + "self_attention.dense.weight": (E, H * D), p + "post_attention_layernorm.weight": (E,),
-                    p + "mlp.dense_h_to_4h.weight": (2 * F, E), p + "mlp.dense_4h_to_h.weight": (E, F)})
-    out.update({"transformer.encoder.final_layernorm.weight": (E,), "transformer.output_layer.weight": (V, E)})
-    return out
+    """HF tensor name -> shape, in checkpoint order: the family's name map over its architecture's
+    tensor table (glmcpu.families.checkpoint_shapes), so it cannot drift from the converter."""
+    from glmcpu import families
+    return families.checkpoint_shapes(families.detect(cfg), cfg)
 
 
 def _fill(f, name, shape, rng, block_bytes=64 << 20):
     """Write float16 values: 1 for norm weights, N(0, 0.02) elsewhere, a block of rows at a time."""
-    if "layernorm" in name and name.endswith("weight"):
+    if name.endswith("norm.weight"):
         f.write(np.ones(shape, np.float16).tobytes())
         return
     rows = shape[0]
@@ -141,16 +144,13 @@ def write_checkpoint(shape_name, out, seed=0, shard_bytes=2 << 30, log=print):
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
-    tok = TOKENIZER_FILES.get(shape_name)
-    src = os.path.join(TOKENIZERS, tok) if tok else None
+    folder, tok_config = TOKENIZER_FILES.get(shape_name, (None, None))
+    src = os.path.join(TOKENIZERS, folder) if folder else None
     if src and os.path.isdir(src):
-        for fn in ("tokenizer.model", "ice_text.model"):
+        for fn in ("tokenizer.model", "ice_text.model", "tokenizer.json"):
             if os.path.isfile(os.path.join(src, fn)):
                 shutil.copy(os.path.join(src, fn), out)
-        cfgs = [c for c in os.listdir(src) if c.startswith("tokenizer_config")]
-        pick = "tokenizer_config.chatglm3.json" if "tokenizer_config.chatglm3.json" in cfgs else (cfgs[0] if cfgs else None)
-        if pick:
-            shutil.copy(os.path.join(src, pick), os.path.join(out, "tokenizer_config.json"))
+        shutil.copy(os.path.join(src, tok_config), os.path.join(out, "tokenizer_config.json"))
     return total
 
 
@@ -164,7 +164,7 @@ def main(argv=None):
     if args.list or not args.shape:
         for name, cfg in SHAPES.items():
             n = sum(int(np.prod(s, dtype=np.int64)) for s in tensor_shapes(cfg).values())
-            print(f"{name:12s} {n / 1e9:6.2f} B parameters, {2 * n / 1e9:6.1f} GB in float16")
+            print(f"{name:20s} {n / 1e9:6.2f} B parameters, {2 * n / 1e9:6.1f} GB in float16")
         return 0
     if not args.output:
         ap.error("-o/--output is required")

@@ -4,7 +4,8 @@ import numpy as np
 
 from glmcpu import models
 from glmcpu.errors import GlmcpuError, UnsupportedError
-from glmcpu.families.common import compile_patterns, layer_pattern
+from glmcpu.families import is_tied, sources
+from glmcpu.families.common import compile_patterns
 from .hf import to_f32
 
 
@@ -39,15 +40,6 @@ class Concat:
         return to_f32(self.raw(r0, r1), self.st_dtype)
 
 
-def _sources(family, ours):
-    """Checkpoint name(s) for one of our tensor names, or None if the family has no source for it."""
-    pattern, fields = layer_pattern(ours)
-    src = family.TENSORS.get(pattern)
-    if src is None:
-        return None
-    return [s.format(**fields) for s in src] if isinstance(src, list) else src.format(**fields)
-
-
 def plan_tensors(checkpoint, config, family, params):
     """[(our name, source tensor, row permutation or None)] in file order; every checkpoint tensor
     is used or explicitly ignored, and every shape must agree with config.json."""
@@ -55,14 +47,14 @@ def plan_tensors(checkpoint, config, family, params):
     tensors = checkpoint.tensors
     ignored = compile_patterns(family.IGNORED)
     used, plan = set(), []
-    tied = getattr(family, "tied", lambda c: bool(c.get("tie_word_embeddings", False)))(config)
+    tied = is_tied(family, config)
     for ours, shape in shapes.items():
-        src = _sources(family, ours)
+        src = sources(family, ours)
         if src is None:
             raise GlmcpuError(f"glmcpu bug: family {family.NAME} has no source for {ours!r}")
         names = src if isinstance(src, list) else [src]
         if ours == "output.weight" and tied and names[0] not in tensors:
-            names = [_sources(family, "token_embd.weight")]  # tied: the output layer is the embedding
+            names = [sources(family, "token_embd.weight")]  # tied: the output layer is the embedding
         missing = [n for n in names if n not in tensors]
         if missing:
             raise GlmcpuError(f"{checkpoint.src}: checkpoint has no tensor {missing[0]!r} (for {ours!r}); "

@@ -200,7 +200,10 @@ FAMILY_SHAPES = {  # name_or_path, padded vocab, tokenizer file (relative to TOK
     "chatglm2": ("THUDM/chatglm2-6b", 65024, "chatglm2-chatglm3/tokenizer.model", "chatglm2-chatglm3/tokenizer_config.chatglm2.json"),
     "chatglm3": ("THUDM/chatglm3-6b", 65024, "chatglm2-chatglm3/tokenizer.model", "chatglm2-chatglm3/tokenizer_config.chatglm3.json"),
     "glm4": ("THUDM/glm-4-9b-chat", 151552, "glm-4-9b-chat/tokenizer.model", "glm-4-9b-chat/tokenizer_config.json"),
+    "glm": ("THUDM/glm-4-9b-chat-hf", 151552, "glm-4-hf/tokenizer.json", "glm-4-hf/tokenizer_config.json"),
+    "glm4-0414": ("THUDM/GLM-4-9B-0414", 151552, "glm-4-hf/tokenizer.json", "glm-4-hf/tokenizer_config.0414.json"),
 }
+HF_CONFIG_OF = {"glm": "glm4-hf-tiny", "glm4-0414": "glm4-0414-tiny-bf16-sharded"}
 
 
 def random_checkpoint(path, family="chatglm3", hidden=32, layers=1, heads=2, groups=1, ffn=64, seed=0,
@@ -209,29 +212,26 @@ def random_checkpoint(path, family="chatglm3", hidden=32, layers=1, heads=2, gro
     tweak(tensors) may edit the float32 tensors before they are written."""
     import shutil
     name_or_path, vocab, tok, tok_cfg = FAMILY_SHAPES[family]
-    cfg = json.load(open(os.path.join(GOLDEN, "chatglm3-tiny", "config.json")))
     kv = hidden // heads
-    cfg.update(_name_or_path=name or name_or_path, padded_vocab_size=vocab, hidden_size=hidden, num_layers=layers,
-               num_attention_heads=heads, multi_query_group_num=groups, kv_channels=kv, ffn_hidden_size=ffn,
-               seq_length=2048)
+    if family in HF_CONFIG_OF:  # transformers-native layout
+        cfg = json.load(open(os.path.join(GOLDEN, HF_CONFIG_OF[family], "config.json")))
+        cfg.update(_name_or_path=name or name_or_path, vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                   num_attention_heads=heads, num_key_value_heads=groups, head_dim=kv, intermediate_size=ffn,
+                   max_position_embeddings=2048, eos_token_id=[151329, 151336, 151338], pad_token_id=151329)
+    else:
+        cfg = json.load(open(os.path.join(GOLDEN, "chatglm3-tiny", "config.json")))
+        cfg.update(_name_or_path=name or name_or_path, padded_vocab_size=vocab, hidden_size=hidden, num_layers=layers,
+                   num_attention_heads=heads, multi_query_group_num=groups, kv_channels=kv, ffn_hidden_size=ffn,
+                   seq_length=2048)
     if family == "glm4":
         cfg.update(rope_ratio=500, eos_token_id=[151329, 151336, 151338], pad_token_id=151329)
     rng = np.random.default_rng(seed)
-    qkv = (heads + 2 * groups) * kv
-    shapes = {"transformer.embedding.word_embeddings.weight": (vocab, hidden),
-              "transformer.encoder.final_layernorm.weight": (hidden,),
-              "transformer.output_layer.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"transformer.encoder.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-                       p + "self_attention.query_key_value.weight": (qkv, hidden),
-                       p + "self_attention.query_key_value.bias": (qkv,),
-                       p + "self_attention.dense.weight": (hidden, heads * kv),
-                       p + "mlp.dense_h_to_4h.weight": (2 * ffn, hidden), p + "mlp.dense_4h_to_h.weight": (hidden, ffn)})
+    from glmcpu import families
+    shapes = families.checkpoint_shapes(families.get(family), cfg)  # the converter's own table, inverted
     tensors = {}
     for n, shape in shapes.items():
         a = rng.standard_normal(shape, dtype=np.float32)
-        if n.endswith("layernorm.weight"):
+        if n.endswith("norm.weight"):
             a = 1 + 0.1 * a
         elif len(shape) == 2:
             a *= np.float32(2.0 / np.sqrt(shape[-1]))
@@ -242,7 +242,7 @@ def random_checkpoint(path, family="chatglm3", hidden=32, layers=1, heads=2, gro
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
     write_safetensors(os.path.join(path, "model.safetensors"), {n: ("F32", a) for n, a in tensors.items()})
-    shutil.copy(os.path.join(TOKENIZERS, tok), os.path.join(path, "tokenizer.model"))
+    shutil.copy(os.path.join(TOKENIZERS, tok), os.path.join(path, os.path.basename(tok)))
     shutil.copy(os.path.join(TOKENIZERS, tok_cfg), os.path.join(path, "tokenizer_config.json"))
     return str(path)
 

@@ -67,3 +67,15 @@ def test_progress_bar_on_a_terminal(tmp_path):
     text = b"".join(chunks).decode(errors="replace")
     assert p.returncode == 0
     assert "convert [" in text and "17/17" in text
+
+
+@pytest.mark.parametrize("case", ["chatglm1-tiny", "glm4-0414-tiny-bf16-sharded", "glm-edge-tiny-bf16"])
+def test_info_on_every_architecture(tmp_path, case, converted):
+    """`glmcpu info` once crashed on ChatGLM-6B (v1) files with KeyError: 'n_kv_head'."""
+    r = run([GLMCPU, "info", converted(case, "f32")])
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "layers:         2" in r.stdout
+    if case == "chatglm1-tiny":
+        assert "2-D (position and block position)" in r.stdout
+    if case == "glm-edge-tiny-bf16":
+        assert "16 of 16 dims" in r.stdout  # partial_rotary_factor 1.0

@@ -12,7 +12,9 @@ A family module says everything glmcpu knows about one release line:
   TENSORS         {our name: checkpoint name, or a list of names concatenated along rows};
                   "{i}" stands for the layer index
   IGNORED         checkpoint names that are dropped (e.g. rotary tables recomputed at load)
-  row_permutation(name, params) -> new row -> old row, or None        (optional)
+  row_permutation(name, params, config) -> new row -> old row, or None   (optional)
+  split_rows(name, params) -> rows of each concatenated source        (with list sources)
+  tied(config) -> the output layer is the embedding                    (optional)
   TOKENIZER_FILES file names of the tokenizer, looked for next to the weights, first found wins
   make_tokenizer(info, data) -> Tokenizer   from the tokenizer entry stored in the model file
   chat_prompt(tok, messages, tools, parse_special, template) -> prompt ids
@@ -26,7 +28,7 @@ import os
 from glmcpu.errors import GlmcpuError, UnsupportedError
 
 from . import chatglm1, chatglm2, chatglm3, glm4, glm, glm4_0414
-from .common import name_hint
+from .common import layer_pattern, name_hint
 
 # Order matters only for error messages and --family choices.
 FAMILIES = {f.NAME: f for f in (chatglm1, chatglm2, chatglm3, glm4, glm, glm4_0414)}
@@ -92,3 +94,34 @@ def detect(config, src=None, override=None):
         f"pass {' or '.join('--family ' + n for n in maybe)}")
 
 
+
+
+def sources(family, ours):
+    """Checkpoint name(s) for one of our tensor names (a list when they are concatenated), or None."""
+    pattern, fields = layer_pattern(ours)
+    src = family.TENSORS.get(pattern)
+    if src is None:
+        return None
+    return [s.format(**fields) for s in src] if isinstance(src, list) else src.format(**fields)
+
+
+def is_tied(family, config):
+    return getattr(family, "tied", lambda c: bool(c.get("tie_word_embeddings", False)))(config)
+
+
+def checkpoint_shapes(family, config):
+    """Checkpoint tensor name -> shape that ``config`` implies for ``family``, in our tensor order:
+    the inverse of the name map, for writing random checkpoints (benchmarks/synth.py, tests)."""
+    from glmcpu import models
+    params = family.params(config)
+    shapes = {}
+    for ours, shape in models.tensor_table(params).items():
+        src = sources(family, ours)
+        if ours == "output.weight" and is_tied(family, config):
+            continue
+        if isinstance(src, list):
+            for name, rows in zip(src, family.split_rows(ours, params)):
+                shapes[name] = (rows,) + tuple(shape[1:])
+        else:
+            shapes[src] = tuple(shape)
+    return shapes

@@ -43,6 +43,12 @@ DEFAULTS = {"head_dim": 128, "partial_rotary_factor": 0.5, "rope_theta": 10000.0
             "max_position_embeddings": 131072, "eos_token_id": [151329, 151336, 151338]}
 
 
+def split_rows(name, params):
+    """Rows of q, k and v in the fused QKV tensor (and its bias)."""
+    H, G, D = params["n_head"], params["n_kv_head"], params["head_dim"]
+    return [H * D, G * D, G * D]
+
+
 def recognise(config, hints):
     return config.get("model_type") == "glm"
 

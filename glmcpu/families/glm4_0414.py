@@ -17,7 +17,7 @@ TENSORS = dict(glm.TENSORS, **{
 })
 IGNORED, UNSUPPORTED_TENSORS = glm.IGNORED, glm.UNSUPPORTED_TENSORS
 TOKENIZER_FILES, TOKENIZER_KIND, STOP_TOKENS = glm.TOKENIZER_FILES, glm.TOKENIZER_KIND, glm.STOP_TOKENS
-tied, make_tokenizer, chat_prompt = glm.tied, glm.make_tokenizer, glm.chat_prompt
+tied, split_rows, make_tokenizer, chat_prompt = glm.tied, glm.split_rows, glm.make_tokenizer, glm.chat_prompt
 
 
 def recognise(config, hints):
