@@ -5,6 +5,8 @@ import time
 import numpy as np
 import numba
 
+from glmcpu import kernels as K
+
 from . import families, models
 from .errors import GlmcpuError
 from .file import ModelFile
@@ -98,6 +100,11 @@ class Model:
             impl.forward_chunk(ids[c0:c1], self.n_past, out)
             self.n_past += c1 - c0
             self.tokens.extend(int(t) for t in ids[c0:c1])
+        if K.has_nonfinite(logits):
+            self._rewind(self.n_past - T)
+            raise GlmcpuError(f"{self.path}: the forward pass produced NaN or infinite logits "
+                              f"(positions {self.n_past}..{self.n_past + T - 1}); the weights overflow float32 "
+                              f"arithmetic or the file is corrupted: convert the checkpoint again (--dtype f32)")
         return logits
 
     # ------------------------------------------------------------------ text generation

@@ -59,7 +59,8 @@ def quantize_q8_0(x, gs=32):
     d = (amax / np.float32(127)).astype(np.float32)
     inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
     q = _roundf(g * inv[:, :, None]).astype(np.int8)
-    return q.reshape(x.shape), d.astype(np.float16)
+    with np.errstate(over="ignore"):  # an overflow is reported by the converter's check
+        return q.reshape(x.shape), d.astype(np.float16)
 
 
 def dequantize_q8_0(q, d, gs=32):
@@ -78,7 +79,8 @@ def quantize_q4_0(x, gs=32):
     inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
     v = (g * inv[:, :, None]).astype(np.float32) + np.float32(8.5)
     q = np.minimum(15, np.trunc(v)).astype(np.uint8)  # (int8_t)(x*id + 8.5f), capped at 15
-    return _pack_nibbles(q.reshape(x.shape)), d.astype(np.float16)
+    with np.errstate(over="ignore"):
+        return _pack_nibbles(q.reshape(x.shape)), d.astype(np.float16)
 
 
 def dequantize_q4_0(qs, d, gs=32):
@@ -97,7 +99,8 @@ def quantize_q4_1(x, gs=32):
     inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
     v = ((g - mn[:, :, None]) * inv[:, :, None]).astype(np.float32) + np.float32(0.5)
     q = np.minimum(15, np.trunc(v)).astype(np.uint8)
-    return _pack_nibbles(q.reshape(x.shape)), d.astype(np.float16), mn.astype(np.float16)
+    with np.errstate(over="ignore"):
+        return _pack_nibbles(q.reshape(x.shape)), d.astype(np.float16), mn.astype(np.float16)
 
 
 def dequantize_q4_1(qs, d, m, gs=32):

@@ -2,6 +2,10 @@
 
 Every kernel is compiled with ``cache=True`` and keeps dtypes stable (float32 activations,
 float32 / float16-as-uint16 weights) so each compiles to exactly one signature.
+
+With NUMBA_DISABLE_JIT=1 every kernel runs as plain Python (numpy twins stand in for the LLVM
+intrinsics, see nojit.py) and gives the same results, slowly: for debugging on tiny models.
+``has_nonfinite(x)`` is the guard the forward pass uses on its logits.
 """
 from .f16 import f16_to_f32
 from .matmul import (matvec_f32, matmul_f32, matvec_f16, matmul_f16,
@@ -14,6 +18,8 @@ from . import quant, avx2
 from .quant import (quantize_act, matvec_q4, matmul_q4, matvec_q8_0, matmul_q8_0,
                     dequant_row_q4, dequant_row_q8_0, embed_q4, embed_q8_0)
 from .avx2 import pair_act, matvec_q4_avx2, matmul_q4_avx2
+from .guard import has_nonfinite, first_nonfinite
+from .nojit import JIT
 
 __all__ = [
     "f16_to_f32", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16",
@@ -21,5 +27,5 @@ __all__ = [
     "layernorm", "rope_2d_inplace", "gelu_tanh",
     "quantize_act", "matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0",
     "dequant_row_q4", "dequant_row_q8_0", "embed_q4", "embed_q8_0",
-    "pair_act", "matvec_q4_avx2", "matmul_q4_avx2",
+    "pair_act", "matvec_q4_avx2", "matmul_q4_avx2", "first_nonfinite", "has_nonfinite",
 ]

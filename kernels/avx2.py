@@ -16,6 +16,10 @@ The arithmetic equals kernels.quant (and so glmcpu.quants.matmul_ref) bit for bi
     2^16, and since that sum is at most 32 * 8 * 127 = 32512 in magnitude, the int16 result is
     exactly the portable kernel's integer.
   - the float32 scaling is the same expression in the same order as kernels.quant.
+
+With the JIT off (NUMBA_DISABLE_JIT=1) ``available()`` is False, so the model takes the portable
+kernels; each intrinsic still has a numpy twin (``*_py``, same results lane for lane, see
+kernels.nojit), so these kernels can be stepped through in Python too.
 """
 import os
 
@@ -26,12 +30,15 @@ from numba import config, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from .nojit import JIT, fallback
 from .quant import TB, add_block_q4
 
 
 def available(tile_rows=128):
-    """True when these kernels can run here: the CPU numba compiles for has AVX2, the tiles are a
-    multiple of 32 rows, and GLMCPU_SIMD is not "off" (the switch to the portable kernels)."""
+    """True when these kernels can run here: the JIT is on, the CPU numba compiles for has AVX2, the
+    tiles are a multiple of 32 rows, and GLMCPU_SIMD is not "off" (the switch to the portable kernels)."""
+    if not JIT:   # NUMBA_DISABLE_JIT=1: the numpy twins of the intrinsics would make them crawl
+        return False
     if os.environ.get("GLMCPU_SIMD", "").lower() in ("off", "0", "no", "portable"):
         return False
     if tile_rows % 32 or config.CPU_NAME not in (None, "host"):
@@ -90,6 +97,14 @@ def _shuffle(builder, a, b, mask):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask))
 
 
+# shuffle masks (indices into the concatenation of the two operands), shared by the LLVM code
+# and the numpy twins
+_UNPACK = [k // 2 + (32 if k % 2 else 0) for k in range(64)]                 # (lo_i, hi_i) pairs
+_NIB = [[(k // 16) * 16 + 8 * half + (k % 16) // 2 + (32 if k % 2 else 0) for k in range(32)]
+        for half in (0, 1)]
+_ROWS = list(range(8)) + list(range(16, 24)) + list(range(8, 16)) + list(range(24, 32))
+
+
 def _maddubs_add(builder, acc, w, x):
     """acc + vpmaddubsw(w unsigned bytes, x signed bytes), wrapping."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V8, _V8]),
@@ -97,6 +112,62 @@ def _maddubs_add(builder, acc, w, x):
     return builder.add(acc, builder.call(fn, [w, builder.bitcast(x, _V8)]))
 
 
+# ---------------------------------------------------------------- numpy twins (JIT off)
+# An i16x16 value is an int16 array of 16 lanes; x86 is little-endian, so as 32 bytes lane k is
+# byte 2k (low) and byte 2k + 1 (high).
+
+def _flat(a):
+    return a.reshape(-1)  # a view: the intrinsics take C-contiguous arrays only
+
+
+def _maddubs_add_py(acc, w, x):
+    """acc + vpmaddubsw(w 32 unsigned bytes, x as 32 signed bytes): pair sums saturated to int16,
+    then added to acc wrapping."""
+    p = w.astype(np.int32) * x.astype("<i2").view(np.int8).astype(np.int32)
+    pairs = np.clip(p[0::2] + p[1::2], -32768, 32767)
+    return (acc.astype(np.int32) + pairs).astype(np.int16)          # astype wraps mod 2^16
+
+
+def _nibbles_py(q, qoff):
+    b = _flat(q)[qoff: qoff + 32]
+    return np.concatenate([b & 15, b >> 4])
+
+
+def zero16_py():
+    return np.zeros(16, np.int16)
+
+
+def bcast16_py(a, off):
+    return np.full(16, _flat(a)[off], np.int16)
+
+
+def maddubs_py(acc, w, off, x):
+    return _maddubs_add_py(acc, _flat(w)[off: off + 32], x)
+
+
+def store16_py(a, off, v):
+    _flat(a)[off: off + 16] = v
+
+
+def unpack_nibbles_py(w, woff, q, qoff):
+    _flat(w)[woff: woff + 64] = _nibbles_py(q, qoff)[_UNPACK]
+
+
+def maddubs_nib_lo_py(acc, q, qoff, x):
+    return _maddubs_add_py(acc, _nibbles_py(q, qoff)[_NIB[0]], x)
+
+
+def maddubs_nib_hi_py(acc, q, qoff, x):
+    return _maddubs_add_py(acc, _nibbles_py(q, qoff)[_NIB[1]], x)
+
+
+def store16x2_py(a, off, lo, hi):
+    _flat(a)[off: off + 32] = np.concatenate([lo, hi])[_ROWS]
+
+
+# ---------------------------------------------------------------- intrinsics
+
+@fallback(zero16_py)
 @intrinsic
 def zero16(typingctx):
     def codegen(context, builder, sig, args):
@@ -104,6 +175,7 @@ def zero16(typingctx):
     return i16x16(), codegen
 
 
+@fallback(bcast16_py)
 @intrinsic
 def bcast16(typingctx, a, off):
     """The int16 a.flat[off] in all 16 lanes."""
@@ -117,6 +189,7 @@ def bcast16(typingctx, a, off):
     return i16x16(a, off), codegen
 
 
+@fallback(maddubs_py)
 @intrinsic
 def maddubs(typingctx, acc, w, off, x):
     """acc + vpmaddubsw(w.flat[off:off+32] as unsigned bytes, x as 32 signed bytes), wrapping."""
@@ -129,6 +202,7 @@ def maddubs(typingctx, acc, w, off, x):
     return i16x16(acc, w, off, x), codegen
 
 
+@fallback(store16_py)
 @intrinsic
 def store16(typingctx, a, off, v):
     """a.flat[off:off+16] = v."""
@@ -141,6 +215,7 @@ def store16(typingctx, a, off, v):
     return types.none(a, off, v), codegen
 
 
+@fallback(unpack_nibbles_py)
 @intrinsic
 def unpack_nibbles(typingctx, w, woff, q, qoff):
     """w.flat[woff + 2i] = q.flat[qoff + i] & 15, w.flat[woff + 2i + 1] = q.flat[qoff + i] >> 4
@@ -152,7 +227,7 @@ def unpack_nibbles(typingctx, w, woff, q, qoff):
     def codegen(context, builder, sig, args):
         w, woff, q, qoff = args
         lo, hi = _nibbles(builder, _load(context, builder, sig.args[2], q, qoff, _V8))
-        both = _shuffle(builder, lo, hi, [k // 2 + (32 if k % 2 else 0) for k in range(64)])
+        both = _shuffle(builder, lo, hi, _UNPACK)
         _store(context, builder, sig.args[0], w, woff, both)
         return context.get_dummy_value()
     return types.none(w, woff, q, qoff), codegen
@@ -276,20 +351,20 @@ def _maddubs_nibbles(half):
             lo, hi = _nibbles(builder, _load(context, builder, sig.args[1], q, qoff, _V8))
             # vpunpcklbw / vpunpckhbw order: byte pairs of rows 0-7 and 16-23 (half 0) or
             # 8-15 and 24-31 (half 1); store16x2 puts the rows back in order
-            w = _shuffle(builder, lo, hi, [(k // 16) * 16 + 8 * half + (k % 16) // 2 + (32 if k % 2 else 0)
-                                           for k in range(32)])
+            w = _shuffle(builder, lo, hi, _NIB[half])
             return _maddubs_add(builder, acc, w, x)
         return i16x16(acc, q, qoff, x), codegen
     return impl
 
 
-maddubs_nib_lo = _maddubs_nibbles(0)
-maddubs_nib_hi = _maddubs_nibbles(1)
+maddubs_nib_lo = fallback(maddubs_nib_lo_py)(_maddubs_nibbles(0))
+maddubs_nib_hi = fallback(maddubs_nib_hi_py)(_maddubs_nibbles(1))
 maddubs_nib_lo.__doc__ = ("acc + vpmaddubsw(nibble pairs of rows 0-7, 16-23 of the 32 packed bytes "
                           "q.flat[qoff:qoff+32], x)")
 maddubs_nib_hi.__doc__ = "the same for rows 8-15, 24-31"
 
 
+@fallback(store16x2_py)
 @intrinsic
 def store16x2(typingctx, a, off, lo, hi):
     """a.flat[off:off+32] = the 32 rows of the (maddubs_nib_lo, maddubs_nib_hi) pair, in order."""
@@ -298,7 +373,7 @@ def store16x2(typingctx, a, off, lo, hi):
 
     def codegen(context, builder, sig, args):
         a, off, lo, hi = args
-        v = _shuffle(builder, lo, hi, list(range(8)) + list(range(16, 24)) + list(range(8, 16)) + list(range(24, 32)))
+        v = _shuffle(builder, lo, hi, _ROWS)
         _store(context, builder, sig.args[0], a, off, v)
         return context.get_dummy_value()
     return types.none(a, off, lo, hi), codegen

@@ -3,6 +3,8 @@
 matvec_*: one token, x [n_in] -> out [n_out], parallel over output rows.
 matmul_*: T tokens, x [T, n_in] -> out [T, n_out]; each weight row is read (and widened) once
           and reused for all T tokens, parallel over output rows.
+fastmath only as reassoc + contract (what vectorizing the dot products needs): with nnan / nsz
+LLVM may fold a NaN or inf weight times zero to zero, and the forward's NaN guard would miss it.
 """
 import numpy as np
 from numba import njit, prange
@@ -10,7 +12,7 @@ from numba import njit, prange
 from .f16 import f16_to_f32
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def matvec_f32(out, x, w):
     n_out, n_in = w.shape
     for i in prange(n_out):
@@ -20,7 +22,7 @@ def matvec_f32(out, x, w):
         out[i] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def matvec_f16(out, x, w):
     n_out, n_in = w.shape
     for i in prange(n_out):
@@ -30,7 +32,7 @@ def matvec_f16(out, x, w):
         out[i] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def matmul_f32(out, x, w):
     n_tok = x.shape[0]
     n_out, n_in = w.shape
@@ -42,7 +44,7 @@ def matmul_f32(out, x, w):
             out[t, i] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def matmul_f16(out, row_buf, x, w):
     """row_buf [n_threads_max, n_in] float32 scratch: each weight row is widened once."""
     n_tok = x.shape[0]

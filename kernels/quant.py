@@ -24,20 +24,29 @@ TB = 16  # tokens per block in matmul: int16 partial sums [TB, R] stay in L1
 
 @njit(cache=True, parallel=True)  # no fastmath: must equal the numpy reference bit for bit
 def quantize_act(xq, xd, xs, x):
-    """x [T, K] float32 -> xq [T, K] int8, xd [T, K/32] float32 scale, xs [T, K/32] int32 sum of xq."""
+    """x [T, K] float32 -> xq [T, K] int8, xd [T, K/32] float32 scale, xs [T, K/32] int32 sum of xq.
+
+    A block holding a NaN or an infinity gets the scale NaN or inf and zero quants (converting
+    NaN to int8 would give an arbitrary number), so the matmul's output is NaN there: a broken
+    activation reaches the logits instead of being hidden as a finite value."""
     T, K = x.shape
     for t in prange(T):
         for b in range(K // 32):
             amax = np.float32(0.0)
             for j in range(32):
-                amax = max(amax, abs(x[t, b * 32 + j]))
+                a = abs(x[t, b * 32 + j])
+                amax = a if (a > amax) | (a != a) else amax    # max, but a NaN sticks
             d = amax / np.float32(127.0)
             inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-            s = 0
-            for j in range(32):
-                q = np.int8(np.rint(x[t, b * 32 + j] * inv))
-                xq[t, b * 32 + j] = q
-                s += q
+            s = np.int32(0)
+            if amax <= np.float32(3.4028234663852886e38):      # finite
+                for j in range(32):
+                    q = np.int8(np.rint(x[t, b * 32 + j] * inv))
+                    xq[t, b * 32 + j] = q
+                    s += np.int32(q)   # int32: with the JIT off numpy would add int8s, and overflow
+            else:
+                for j in range(32):
+                    xq[t, b * 32 + j] = 0
             xd[t, b] = d
             xs[t, b] = s
 

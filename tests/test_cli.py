@@ -79,3 +79,22 @@ def test_info_on_every_architecture(tmp_path, case, converted):
         assert "2-D (position and block position)" in r.stdout
     if case == "glm-edge-tiny-bf16":
         assert "16 of 16 dims" in r.stdout  # partial_rotary_factor 1.0
+
+
+def test_progress_shows_rate_and_eta_and_stays_off_non_terminals():
+    import io
+    from glmcpu.progress import Progress
+    s = io.StringIO()
+    bar = Progress(17, "convert", enabled=True, stream=s)
+    for i in range(17):
+        bar.update(1, f"blk.{i}.attn")
+    bar.close()
+    last = s.getvalue().rstrip("\n").split("\r")[-1]
+    assert last.startswith("convert [") and " 17/17 [" in last and "it/s]" in last and "<" in last
+    assert last.endswith("blk.16.attn") and s.getvalue().endswith("\n")
+    for enabled in (None, False):
+        stream = io.StringIO()
+        bar = Progress(5, "x", enabled=enabled, stream=stream)
+        bar.update(5, "note")
+        bar.close()
+        assert stream.getvalue() == "" and bar.n == 5

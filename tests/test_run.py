@@ -1,6 +1,7 @@
 """`glmcpu run`: one-shot prompts, errors as one line, and the interactive mode driven through a pty."""
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -105,31 +106,77 @@ class Pty:
         raise AssertionError("process did not exit")
 
 
-def test_interactive_two_turns_reset_ctrl_c_exit(echo_model):
-    p = Pty([sys.executable, "-m", "glmcpu", "run", "-m", echo_model, "--temp", "0", "-n", "2000",
-             "--ctx", "8192", "--system", "你是一个助手。"])
+def _stats(text):
+    """(prompt tokens, cached tokens, new tokens, finish) from the -v report line of a turn."""
+    m = re.search(r"prompt (\d+) tokens \((\d+) cached\).*?(\d+) new tokens.*\| (\w[\w ]*)\]", text)
+    assert m, f"no -v report in {text[-300:]!r}"
+    return int(m[1]), int(m[2]), int(m[3]), m[4]
+
+
+def _kill(p):
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def test_interactive_turns_keep_history_and_reset(echo_model):
+    """Two chat turns: each reply is complete (-n tokens), the second prompt carries the first
+    turn (longer prompt, the cached part reused), /reset forgets it, /exit ends with status 0.
+    Replies of 8 tokens prove what replies of 2000 did; -v's report shows the history."""
+    n = 8
+    p = Pty([sys.executable, "-m", "glmcpu", "run", "-m", echo_model, "--temp", "0", "-n", str(n),
+             "--ctx", "256", "--system", "你是一个助手。", "-v"])
     try:
         banner = p.read_until(">>> ")
         assert "/reset" in banner and "chat" in banner
         p.send("你好\r")
         turn1 = p.read_until(">>> ")
-        assert turn1.count("你") >= 2000
+        assert turn1.count("你") - 1 == n                # the echo of the question holds one
+        prompt1, cached1, new1, finish1 = _stats(turn1)
+        assert (cached1, new1, finish1) == (0, n, "length")
         p.send("再来\r")
         turn2 = p.read_until(">>> ")
-        assert turn2.count("你") >= 2000
+        assert turn2.count("你") == n
+        prompt2, cached2, new2, finish2 = _stats(turn2)
+        assert prompt2 > prompt1 + n and cached2 >= prompt1 and (new2, finish2) == (n, "length")
         p.send("/reset\r")
         assert "conversation reset" in p.read_until(">>> ")
+        p.send("再来\r")
+        turn3 = p.read_until(">>> ")
+        prompt3, cached3, new3, _ = _stats(turn3)
+        assert turn3.count("你") == n and cached3 == 0 and prompt3 < prompt2 and new3 == n
+        p.send("/exit\r")
+        assert p.wait() == 0
+    finally:
+        _kill(p)
+
+
+def test_interactive_ctrl_c_stops_a_reply_and_the_session_goes_on(echo_model):
+    """Ctrl-C mid-reply stops it ([interrupted], back at the prompt) and the next turn, with the
+    interrupted one in its history, replies again and can be stopped again. -n 50000: a reply
+    Ctrl-C failed to stop would run for minutes, so the check has no race; a stopped one costs
+    a few tokens."""
+    n = 50000
+    p = Pty([sys.executable, "-m", "glmcpu", "run", "-m", echo_model, "--temp", "0", "-n", str(n),
+             "--ctx", "65536", "-v"])
+    try:
+        p.read_until(">>> ")
         p.send("第三个问题\r")
         p.read_until("你 你 你")        # the reply has started
         p.send("\x03")                   # Ctrl-C mid-reply
         after = p.read_until(">>> ")
-        assert "[interrupted]" in after and after.count("你") < 2000
+        assert "[interrupted]" in after
+        prompt1, _, new1, finish1 = _stats(after)
+        assert 3 <= new1 < n and finish1 == "None"
         p.send("还在吗\r")               # the session goes on
-        assert p.read_until(">>> ").count("你") >= 1000
+        p.read_until("你 你 你")
+        p.send("\x03")
+        again = p.read_until(">>> ")
+        assert "[interrupted]" in again
+        prompt2, cached2, new2, _ = _stats(again)
+        assert prompt2 >= prompt1 + new1 and cached2 >= prompt1 and 3 <= new2 < n
         p.send("/exit\r")
         assert p.wait() == 0
     finally:
-        try:
-            os.kill(p.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        _kill(p)

@@ -54,13 +54,7 @@ def params(config):
             raise GlmcpuError(f"config.json: missing or invalid {key!r}")
     if config.get("position_encoding_2d", True) is not True:
         raise UnsupportedError("unsupported: position_encoding_2d=false (1-D rotary positions)")
-    qb = config.get("quantization_bit", 0) or 0
-    if qb:
-        raise UnsupportedError(
-            f"unsupported: quantization_bit={qb} (a pre-quantized THUDM checkpoint); "
-            f"convert the original float16 checkpoint instead")
-    if config.get("pre_seq_len"):
-        raise UnsupportedError(f"unsupported: pre_seq_len={config['pre_seq_len']} (P-tuning v2 prefix encoder)")
+    chatglm2.refuse_thudm_variants(config)
     if config.get("num_image_tokens"):
         raise UnsupportedError(f"unsupported: num_image_tokens={config['num_image_tokens']} (VisualGLM)")
     if config["hidden_size"] % config["num_attention_heads"] or (config["hidden_size"] // config["num_attention_heads"]) % 4:

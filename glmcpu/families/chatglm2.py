@@ -70,6 +70,17 @@ def _require(config, key, expected, why):
         raise UnsupportedError(f"unsupported: {key}={json.dumps(val)} ({why})")
 
 
+def refuse_thudm_variants(config):
+    """Pre-quantized THUDM checkpoints and P-tuning prefixes (every remote-code generation)."""
+    qb = config.get("quantization_bit", 0) or 0
+    if qb:
+        raise UnsupportedError(
+            f"unsupported: quantization_bit={qb} (a pre-quantized THUDM checkpoint); "
+            f"convert the original float16/bfloat16 checkpoint instead")
+    if config.get("pre_seq_len"):
+        raise UnsupportedError(f"unsupported: pre_seq_len={config['pre_seq_len']} (P-tuning v2 prefix encoder)")
+
+
 def check_config(config):
     """Refuse every option of the ChatGLM2/3/GLM-4 modeling code that changes the math and is not implemented."""
     for key in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "padded_vocab_size"):
@@ -79,13 +90,7 @@ def check_config(config):
     _require(config, "apply_residual_connection_post_layernorm", False, "post-norm residual")
     _require(config, "add_bias_linear", False, "biases on every linear layer")
     _require(config, "post_layer_norm", True, "no final layer norm")
-    qb = config.get("quantization_bit", 0) or 0
-    if qb:
-        raise UnsupportedError(
-            f"unsupported: quantization_bit={qb} (a pre-quantized THUDM checkpoint); "
-            f"convert the original float16/bfloat16 checkpoint instead")
-    if config.get("pre_seq_len"):
-        raise UnsupportedError(f"unsupported: pre_seq_len={config['pre_seq_len']} (P-tuning v2 prefix encoder)")
+    refuse_thudm_variants(config)
     if config.get("rope_scaling"):
         raise UnsupportedError(f"unsupported: rope_scaling={json.dumps(config['rope_scaling'])}")
     rr = config.get("rope_ratio", 1)
