@@ -117,8 +117,8 @@ def checkpoint_shapes(family, config):
     shapes = {}
     for ours, shape in models.tensor_table(params).items():
         src = sources(family, ours)
-        if ours == "output.weight" and is_tied(family, config):
-            continue
+        if ours == "output.weight" and config.get("tie_word_embeddings", False):
+            continue  # saved without lm_head (ChatGLM-6B's may go either way: it is written)
         if isinstance(src, list):
             for name, rows in zip(src, family.split_rows(ours, params)):
                 shapes[name] = (rows,) + tuple(shape[1:])
