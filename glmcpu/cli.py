@@ -248,6 +248,11 @@ def cmd_run(args):
             _report(model, load_s)
 
 
+def cmd_serve(args):
+    from .server import serve_main  # lazy: the CLI does not import FastAPI
+    return serve_main(args)
+
+
 def build_parser():
     from glmcpu import __version__, families
     p = argparse.ArgumentParser(prog="glmcpu", description="ChatGLM inference on the CPU (numpy + numba).")
@@ -301,6 +306,16 @@ def build_parser():
     r.add_argument("--seed", type=int, default=None, help="same seed, same output")
     r.add_argument("-v", "--verbose", action="store_true", help="print load time, prefill and decode speed")
     r.set_defaults(func=cmd_run)
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs: pip install 'glmcpu[server]')")
+    s.add_argument("-m", "--model", default=None, help="model file (default: the built-in demo model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--ctx", type=int, default=4096, help="context length in tokens (default 4096)")
+    s.add_argument("--threads", type=int, default=None, help="default: all physical cores")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    s.add_argument("--model-name", default=None, help="model id clients send (default: the file name without extension)")
+    s.add_argument("--max-queue", type=int, default=8, help="requests that may wait beyond the running one")
+    s.set_defaults(func=cmd_serve)
     pp = sub.add_parser("perplexity", help="perplexity of a model over a text file")
     pp.add_argument("-m", "--model", help="model file (default: the built-in demo model)")
     pp.add_argument("-f", "--file", required=True, help="UTF-8 text file")

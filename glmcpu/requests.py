@@ -1,0 +1,178 @@
+"""A generation request and its result, and the loop that runs one on a Model.
+
+  GenerationRequest(prompt_ids, params, stop=[...])   what to generate (SamplingParams, stop strings)
+  run(model, request, cancelled=None)                 yields text pieces; the CompletionResult is
+                                                      in request.result when the iterator ends
+
+Stop strings end the reply at their first occurrence and are never part of the text, also when a
+stop string spans tokens: text that could still be the start of a stop string is held back until
+the next token decides. ``cancelled()`` is asked before every forward pass, so a request whose
+client went away stops within one token.
+"""
+import time
+
+import numpy as np
+
+from .errors import GlmcpuError
+from .generate import Sampler, SamplingParams, StreamDecoder
+
+
+class CompletionResult:
+    """text: the reply (stop strings cut off); raw_text: the same with special tokens kept as text
+    (what tool-call parsing reads); finish_reason: "stop", "length" or "cancelled"."""
+
+    def __init__(self):
+        self.text = ""
+        self.raw_text = ""
+        self.finish_reason = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.tool_calls = None
+        self.prefill_s = 0.0
+        self.decode_s = 0.0
+
+    def usage(self):
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
+
+class GenerationRequest:
+    def __init__(self, prompt_ids, params=None, stop=(), reuse_cache=True, presence_penalty=0.0,
+                 frequency_penalty=0.0):
+        if not prompt_ids:
+            raise GlmcpuError("empty prompt")
+        stop = [stop] if isinstance(stop, str) else list(stop or ())
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise GlmcpuError("stop strings must be non-empty strings")
+        self.prompt_ids = [int(t) for t in prompt_ids]
+        self.params = params or SamplingParams()
+        self.stop = stop
+        self.reuse_cache = reuse_cache
+        for name, v in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
+            if not -2.0 <= v <= 2.0:
+                raise GlmcpuError(f"{name} must be in [-2, 2], got {v}")
+        # OpenAI's definition: logit[t] -= presence * (count[t] > 0) + frequency * count[t], over the reply
+        self.presence_penalty, self.frequency_penalty = float(presence_penalty), float(frequency_penalty)
+        self.result = CompletionResult()
+
+
+class StopMatcher:
+    """Feeds text pieces, returns the part that is safe to send; ``hit`` once a stop string appeared."""
+
+    def __init__(self, stops):
+        self.stops = list(stops)
+        self.text = ""   # everything decoded so far
+        self.sent = 0    # how much of it was released
+        self.hit = False
+
+    def feed(self, piece):
+        start = max(0, self.sent - max((len(s) for s in self.stops), default=0))
+        self.text += piece
+        cut = min((p for p in (self.text.find(s, start) for s in self.stops) if p >= 0), default=-1)
+        if cut >= 0:
+            self.hit = True
+            self.text = self.text[:cut]
+            return self._release(len(self.text))
+        return self._release(len(self.text) - self._held())
+
+    def flush(self):
+        return self._release(len(self.text))
+
+    def _held(self):
+        """Length of the longest end of the text that begins some stop string."""
+        best = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.text)), best, -1):
+                if self.text.endswith(s[:k]):
+                    best = k
+                    break
+        return best
+
+    def _release(self, upto):
+        upto = max(upto, self.sent)
+        piece, self.sent = self.text[self.sent:upto], upto
+        return piece
+
+
+def run(model, request, cancelled=None):
+    """Generate for ``request`` on ``model`` (one at a time: the caller serializes). Yields text pieces
+    whose concatenation is request.result.text."""
+    from .chat import stop_ids
+    ids, params, res = request.prompt_ids, request.params, request.result
+    if len(ids) >= model.n_ctx:
+        raise GlmcpuError(f"prompt is {len(ids)} tokens but the context holds {model.n_ctx}")
+    tok = model.tokenizer
+    stops = stop_ids(tok, model.config.eos_token_ids)
+    sampler, dec, matcher = Sampler(params), StreamDecoder(tok), StopMatcher(request.stop)
+    keep = 0
+    if request.reuse_cache and model.arch.reuse_cache:
+        while keep < min(len(ids) - 1, len(model.tokens)) and model.tokens[keep] == ids[keep]:
+            keep += 1
+    if keep:
+        model._rewind(keep)
+    else:
+        model.reset()
+    res.prompt_tokens, res.cached_tokens = len(ids), keep
+    out = []
+    t0 = time.perf_counter()
+    try:
+        if cancelled and cancelled():
+            res.finish_reason = "cancelled"
+            return
+        logits = model.forward(ids[keep:], all_logits=False)[0]
+        res.prefill_s = time.perf_counter() - t0
+        seen, gen = list(ids), []
+        penalized = request.presence_penalty != 0 or request.frequency_penalty != 0
+        counts = {}
+        limit = min(params.max_new_tokens, model.n_ctx - len(ids))
+        while True:
+            if len(gen) >= limit:
+                res.finish_reason = "length"
+                break
+            if counts:
+                logits = _penalize(logits, counts, request.presence_penalty, request.frequency_penalty)
+            nxt = sampler(logits, seen)
+            if nxt in stops:
+                res.finish_reason = "stop"
+                break
+            seen.append(nxt)
+            gen.append(nxt)
+            if penalized:
+                counts[nxt] = counts.get(nxt, 0) + 1
+            res.completion_tokens += 1
+            piece = matcher.feed(dec.push(nxt))
+            if piece:
+                out.append(piece)
+                yield piece
+            if matcher.hit:
+                res.finish_reason = "stop"
+                break
+            if len(gen) >= limit:
+                res.finish_reason = "length"
+                break
+            if cancelled and cancelled():
+                res.finish_reason = "cancelled"
+                return
+            logits = model.forward([nxt], all_logits=False)[0]
+        if not matcher.hit:
+            piece = matcher.feed(dec.flush())
+            piece += matcher.flush() if not matcher.hit else ""
+            if piece:
+                out.append(piece)
+                yield piece
+        raw = tok.decode(gen, skip_special_tokens=False)
+        cuts = [p for p in (raw.find(s) for s in request.stop) if p >= 0]
+        res.raw_text = raw[:min(cuts)] if cuts else raw
+    finally:
+        res.text = "".join(out)
+        res.decode_s = time.perf_counter() - t0 - res.prefill_s
+
+
+def _penalize(logits, counts, presence, frequency):
+    ids = np.fromiter(counts.keys(), np.int64, len(counts))
+    n = np.fromiter(counts.values(), np.float32, len(counts))
+    out = logits.copy()
+    out[ids] -= np.float32(presence) + np.float32(frequency) * n
+    return out

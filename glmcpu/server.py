@@ -1,0 +1,609 @@
+"""`glmcpu serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn, the `server` extra).
+
+  create_app(model, model_name, api_key=None, max_queue=8, max_body=...)   the ASGI app
+  run_server(model_path=None, host="127.0.0.1", port=8000, ...)           load a model and serve it
+  add_serve_arguments(parser) / serve_main(args)                           the CLI subcommand
+
+Requests run one at a time on the one model (``Scheduler``); a client that goes away mid-stream
+cancels its generation before the next token. Every error is an OpenAI error object
+{"error": {"message", "type", "param", "code"}} with a 4xx status.
+"""
+import asyncio
+import hmac
+import json
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from .errors import GlmcpuError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise GlmcpuError(f"the server needs the 'server' extra: pip install 'glmcpu[server]' ({e})") from None
+
+from .generate import SamplingParams
+from .requests import GenerationRequest, run
+from . import toolcalls
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- errors
+
+class APIError(Exception):
+    def __init__(self, status, message, type_="invalid_request_error", param=None, code=None, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+
+def error_body(message, type_="invalid_request_error", param=None, code=None):
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status, message, type_="invalid_request_error", param=None, code=None, headers=None):
+    return JSONResponse(error_body(message, type_, param, code), status_code=status, headers=headers)
+
+
+# ---------------------------------------------------------------- request schema
+
+Number = Union[StrictInt, StrictFloat]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class FunctionCall(_Strict):
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCall(_Strict):
+    id: Optional[StrictStr] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Optional[Union[StrictStr, List[TextPart]]] = None
+    name: Optional[StrictStr] = None
+    tool_calls: Optional[List[ToolCall]] = None
+    tool_call_id: Optional[StrictStr] = None
+
+
+class StreamOptions(_Strict):
+    include_usage: Optional[StrictBool] = None
+
+
+class _Sampling(_Strict):
+    model: StrictStr
+    max_tokens: Optional[StrictInt] = None
+    temperature: Optional[Number] = Field(None, ge=0, le=2)
+    top_p: Optional[Number] = Field(None, ge=0, le=1)
+    presence_penalty: Optional[Number] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[Number] = Field(None, ge=-2, le=2)
+    logprobs: Optional[Union[StrictBool, StrictInt]] = None
+    seed: Optional[StrictInt] = None
+    stop: Optional[Union[StrictStr, List[StrictStr]]] = None
+    n: Optional[StrictInt] = None
+    stream: Optional[StrictBool] = None
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[StrictStr] = None
+
+
+class ChatRequest(_Sampling):
+    messages: List[Message]
+    max_completion_tokens: Optional[StrictInt] = None
+    tools: Optional[List[Dict[str, Any]]] = None
+    tool_choice: Optional[Union[StrictStr, Dict[str, Any]]] = None
+    top_logprobs: Optional[StrictInt] = None
+    response_format: Optional[Dict[str, Any]] = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[StrictStr, List[StrictInt]]
+    echo: Optional[StrictBool] = None
+    best_of: Optional[StrictInt] = None
+
+
+# ---------------------------------------------------------------- scheduling
+
+class Scheduler:
+    """One request runs on the model at a time; up to ``max_queue`` more wait. The model is
+    released only when the worker thread has stopped touching it."""
+
+    def __init__(self, max_queue):
+        self.max_queue = max_queue
+        self.pending = 0  # running + waiting
+        self.lock = asyncio.Lock()
+
+    async def acquire(self):
+        if self.pending > self.max_queue:
+            raise APIError(503, "the server is busy: too many requests are waiting; retry later",
+                           "server_error", code="server_busy", headers={"Retry-After": "1"})
+        self.pending += 1
+        try:
+            await self.lock.acquire()
+        except BaseException:
+            self.pending -= 1
+            raise
+
+    def release(self):
+        self.pending -= 1
+        self.lock.release()
+
+
+class Job:
+    """Runs a GenerationRequest in a thread, handing pieces to the event loop."""
+
+    def __init__(self, model, request, scheduler, loop):
+        self.model, self.request, self.scheduler, self.loop = model, request, scheduler, loop
+        self.cancel = threading.Event()
+        self.queue = asyncio.Queue()
+        self.done = loop.create_future()
+
+    def start(self):
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self):
+        error = None
+        try:
+            for piece in run(self.model, self.request, cancelled=self.cancel.is_set):
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+        except Exception as e:  # noqa: BLE001 - handed to the request handler
+            error = e
+        self.loop.call_soon_threadsafe(self._finish, error)
+
+    def _finish(self, error):
+        self.scheduler.release()
+        self.queue.put_nowait(None)
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(self.request.result)
+            else:
+                self.done.set_exception(error)
+
+    async def pieces(self):
+        while True:
+            piece = await self.queue.get()
+            if piece is None:
+                return
+            yield piece
+
+
+# ---------------------------------------------------------------- the app
+
+def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MAX_BODY, log=None):
+    """The ASGI app serving ``model`` as ``model_name``."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    app = FastAPI(title="glmcpu", docs_url=None, redoc_url=None, openapi_url=None)
+    state = {"scheduler": None}
+    created = int(time.time())
+    tool_family = model.family in toolcalls.TOOL_FAMILIES
+
+    def scheduler():
+        if state["scheduler"] is None:  # bound to the running event loop
+            state["scheduler"] = Scheduler(max_queue)
+        return state["scheduler"]
+
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, log=log)
+
+    @app.exception_handler(APIError)
+    async def api_error(request, e):
+        return error_response(e.status, e.message, e.type, e.param, e.code, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e):
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the request body is not valid JSON")
+        param = _param(first.get("loc", ()))
+        msg = first.get("msg", "invalid request")
+        return error_response(400, f"{param}: {msg}" if param else msg, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return error_response(e.status_code, str(e.detail), code=code)
+
+    @app.exception_handler(Exception)
+    async def crash(request, e):  # never a traceback to the client
+        return error_response(500, f"internal error: {type(e).__name__}", "server_error")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [_model_card(model_name, created)]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str):
+        check_model(name)
+        return _model_card(model_name, created)
+
+    def check_model(name):
+        if name != model_name:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+
+    def sampling(body, prompt_len, max_new):
+        if body.n not in (None, 1):
+            raise APIError(400, "only n=1 is supported", param="n")
+        if prompt_len >= model.n_ctx:
+            raise APIError(400, f"the prompt is {prompt_len} tokens but this model's context holds "
+                                f"{model.n_ctx}", param="messages", code="context_length_exceeded")
+        left = model.n_ctx - prompt_len
+        if max_new is not None and max_new < 1:
+            raise APIError(400, f"max_tokens must be at least 1, got {max_new}", param="max_tokens")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise APIError(400, "stop takes up to 4 non-empty strings", param="stop")
+        for name in ("logprobs", "echo", "response_format"):  # not implemented yet: refuse, never ignore
+            value = getattr(body, name, None)
+            if value not in (None, False, 0) and not (name == "response_format" and value.get("type") == "text"):
+                raise APIError(400, f"{name} is not supported by this server yet", param=name,
+                               code="unsupported_parameter")
+        if getattr(body, "best_of", None) not in (None, 1):
+            raise APIError(400, "only best_of=1 is supported", param="best_of")
+        t = 1.0 if body.temperature is None else float(body.temperature)
+        p = 1.0 if body.top_p is None else float(body.top_p)
+        if p == 0:  # only the most likely token is left
+            t, p = 0.0, 1.0
+        seed = None if body.seed is None else body.seed % 2 ** 64
+        params = SamplingParams(max_new_tokens=min(max_new or left, left), temperature=t, top_p=p, seed=seed)
+        return params, stop
+
+    def request_for(body, ids, params, stop):
+        return GenerationRequest(ids, params, stop, presence_penalty=float(body.presence_penalty or 0),
+                                 frequency_penalty=float(body.frequency_penalty or 0))
+
+    def prompt_error(e, param):
+        msg = str(e)
+        if "context" in msg and "holds" in msg:
+            return APIError(400, msg, param=param, code="context_length_exceeded")
+        return APIError(400, msg, param=param)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        check_model(body.model)
+        if not body.messages:
+            raise APIError(400, "messages must not be empty", param="messages")
+        messages = [_message_dict(m) for m in body.messages]
+        tools = None
+        if body.tools:
+            if not tool_family:
+                raise APIError(400, f"this model ({model.family}) has no tool-call format; send no tools",
+                               param="tools")
+            try:
+                tools = toolcalls.tools_for_prompt(body.tools, body.tool_choice) or None
+            except GlmcpuError as e:
+                raise APIError(400, str(e), param="tools") from None
+        try:
+            ids = await asyncio.to_thread(model.chat_prompt, messages, tools=tools)
+        except GlmcpuError as e:
+            raise prompt_error(e, "messages") from None
+        max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        params, stop = sampling(body, len(ids), max_new)
+        return await respond(request, body, request_for(body, ids, params, stop), chat=True, tools=tools)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        check_model(body.model)
+        tok = model.tokenizer
+        if isinstance(body.prompt, str):
+            if not body.prompt:
+                raise APIError(400, "prompt must not be empty", param="prompt")
+            ids = await asyncio.to_thread(tok.encode, body.prompt, add_special_tokens=True)
+        else:
+            ids = list(body.prompt)
+            if not ids:
+                raise APIError(400, "prompt must not be empty", param="prompt")
+            bad = [t for t in ids if not 0 <= t < model.vocab_size]
+            if bad:
+                raise APIError(400, f"token id {bad[0]} is out of range for vocab_size {model.vocab_size}",
+                               param="prompt")
+        params, stop = sampling(body, len(ids), body.max_tokens)
+        return await respond(request, body, request_for(body, ids, params, stop), chat=False, tools=None)
+
+    async def respond(request, body, req, chat, tools):
+        sched = scheduler()
+        await sched.acquire()
+        job = Job(model, req, sched, asyncio.get_running_loop())
+        job.start()
+        watcher = asyncio.create_task(_watch_disconnect(request, job))
+        cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream = _chat_stream if chat else _completion_stream
+            gen = stream(job, cid, model_name, include_usage, tools, model.family)
+            return StreamingResponse(_guard_stream(gen, job, request, watcher), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            async for _ in job.pieces():
+                pass
+            res = await job.done
+        except GlmcpuError as e:
+            raise prompt_error(e, "messages" if chat else "prompt") from None
+        finally:
+            job.cancel.set()
+            watcher.cancel()
+        request.state.tokens = (res.prompt_tokens, res.completion_tokens)
+        return JSONResponse(_chat_body(cid, model_name, res, tools, model.family) if chat
+                            else _completion_body(cid, model_name, res))
+
+    return app
+
+
+class Guard:
+    """Pure ASGI middleware: API key, body size limit (Content-Length and the bytes actually sent)
+    and one log line per request, written when the response (a stream too) has ended."""
+
+    def __init__(self, app, api_key, max_body, log):
+        self.app, self.api_key, self.max_body, self.log = app, api_key, max_body, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["tokens"] = (0, 0)
+        status = [0]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_status)
+        except (OSError, ClientDisconnect):
+            pass  # the client went away mid-response; the generation was cancelled
+        finally:
+            p, c = state.get("tokens", (0, 0))
+            self.log(f"{scope['method']} {scope['path']} {status[0] or 499} prompt_tokens={p} "
+                     f"completion_tokens={c} {time.perf_counter() - t0:.3f}s")
+
+    async def _handle(self, scope, receive, send):
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.api_key is not None and scope["path"] != "/health":
+            auth = headers.get("authorization", "")
+            given = auth[7:] if auth[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+                return await error_response(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                                            code="invalid_api_key")(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            if not length.isdigit():
+                return await error_response(400, "bad Content-Length header")(scope, receive, send)
+            return await error_response(413, f"the request body is {length} bytes; the limit is "
+                                             f"{self.max_body}", code="request_too_large")(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                return await error_response(413, f"the request body is over the limit of {self.max_body} "
+                                                 f"bytes", code="request_too_large")(scope, receive, send)
+        replayed = [False]
+
+        async def replay():
+            if not replayed[0]:
+                replayed[0] = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _watch_disconnect(request, job):
+    """Cancels the job when the client goes away (uvicorn answers receive() with http.disconnect)."""
+    try:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                job.cancel.set()
+                return
+    except Exception:  # noqa: BLE001 - a broken connection is a disconnect
+        job.cancel.set()
+
+
+async def _guard_stream(gen, job, request, watcher):
+    """The SSE byte stream; when it ends for any reason (done, client gone) the generation stops."""
+    try:
+        async for event in gen:
+            yield event
+    finally:
+        job.cancel.set()
+        watcher.cancel()
+        await gen.aclose()
+        r = job.request.result
+        request.state.tokens = (r.prompt_tokens, r.completion_tokens)
+
+
+def _param(loc):
+    """A validation error's location as "messages[0].content" (pydantic's union-member names dropped)."""
+    out = ""
+    for x in loc:
+        if isinstance(x, int):
+            out += f"[{x}]"
+        elif x != "body" and x.isidentifier() and x not in ("int", "float", "str", "bool", "list", "dict"):
+            out += ("." if out else "") + x
+    return out or None
+
+
+def _sse(obj):
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _finish(reason):
+    return "stop" if reason in ("stop", "cancelled", None) else reason
+
+
+def _model_card(name, created):
+    return {"id": name, "object": "model", "created": created, "owned_by": "glmcpu"}
+
+
+def _message_dict(m):
+    d = {"role": "system" if m.role == "developer" else m.role}
+    if isinstance(m.content, list):
+        d["content"] = "".join(p.text for p in m.content)
+    else:
+        d["content"] = m.content
+    if m.tool_calls:
+        d["tool_calls"] = [{"id": c.id, "type": "function",
+                            "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                           for c in m.tool_calls]
+        if d["content"] is None:
+            d["content"] = ""
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        d["name"] = m.name
+    if d["content"] is None:
+        raise APIError(400, f"a {m.role} message needs content", param="messages")
+    return d
+
+
+def _parse_tools(res, tools, family):
+    if not tools:
+        return res.text, None
+    parsed = toolcalls.parse_reply(family, res.raw_text, tools)
+    if parsed["tool_calls"]:
+        return parsed["content"], parsed["tool_calls"]
+    return res.text, None
+
+
+def _chat_body(cid, name, res, tools, family):
+    content, calls = _parse_tools(res, tools, family)
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": name,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": "tool_calls" if calls else _finish(res.finish_reason)}],
+            "usage": res.usage()}
+
+
+def _completion_body(cid, name, res):
+    return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": name,
+            "choices": [{"index": 0, "text": res.text, "logprobs": None,
+                         "finish_reason": _finish(res.finish_reason)}],
+            "usage": res.usage()}
+
+
+async def _chat_stream(job, cid, name, include_usage, tools, family):
+    created = int(time.time())
+
+    def chunk(delta, finish=None):
+        return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    held, streaming = "", not tools
+    async for piece in job.pieces():
+        if streaming:
+            yield chunk({"content": piece})
+            continue
+        held += piece  # with tools: hold the text while it may still be a tool call
+        if not toolcalls.tool_call_possible(family, held, tools):
+            streaming = True
+            yield chunk({"content": held})
+    try:
+        res = await job.done
+    except GlmcpuError as e:
+        yield _sse(error_body(str(e)))
+        yield "data: [DONE]\n\n"
+        return
+    content, calls = _parse_tools(res, tools, family) if not streaming else (None, None)
+    if calls:
+        if content:
+            yield chunk({"content": content})
+        for i, c in enumerate(calls):
+            yield chunk({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
+                                         "function": {"name": c["function"]["name"], "arguments": ""}}]})
+            yield chunk({"tool_calls": [{"index": i, "function": {"arguments": c["function"]["arguments"]}}]})
+    elif not streaming and held:
+        yield chunk({"content": res.text})
+    yield chunk({}, "tool_calls" if calls else _finish(res.finish_reason))
+    if include_usage:
+        yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                    "choices": [], "usage": res.usage()})
+    yield "data: [DONE]\n\n"
+
+
+async def _completion_stream(job, cid, name, include_usage, tools, family):
+    created = int(time.time())
+
+    def chunk(text, finish=None):
+        return _sse({"id": cid, "object": "text_completion", "created": created, "model": name,
+                     "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+
+    async for piece in job.pieces():
+        yield chunk(piece)
+    try:
+        res = await job.done
+    except GlmcpuError as e:
+        yield _sse(error_body(str(e)))
+        yield "data: [DONE]\n\n"
+        return
+    yield chunk("", _finish(res.finish_reason))
+    if include_usage:
+        yield _sse({"id": cid, "object": "text_completion", "created": created, "model": name,
+                    "choices": [], "usage": res.usage()})
+    yield "data: [DONE]\n\n"
+
+
+# ---------------------------------------------------------------- running it
+
+def run_server(model_path=None, host="127.0.0.1", port=8000, n_ctx=4096, threads=None, api_key=None,
+               model_name=None, max_queue=8, log_level="warning"):
+    """Load ``model_path`` (None: the built-in demo model) and serve it until interrupted."""
+    import os
+    import uvicorn
+    import glmcpu
+    path = model_path or glmcpu.demo_model_path()
+    model = glmcpu.load(path, n_ctx=n_ctx, threads=threads)
+    name = model_name or os.path.splitext(os.path.basename(path))[0]
+    app = create_app(model, name, api_key=api_key, max_queue=max_queue)
+    print(f"glmcpu: serving {name} ({model.family}, n_ctx={model.n_ctx}) on http://{host}:{port}/v1",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def add_serve_arguments(p):
+    p.add_argument("-m", "--model", default=None, help="model file (default: the built-in demo model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ctx", type=int, default=4096, help="context length (tokens)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--model-name", default=None, help="model id clients send (default: the file's name)")
+    p.add_argument("--max-queue", type=int, default=8, help="waiting requests beyond the running one")
+
+
+def serve_main(args):
+    if args.max_queue < 0:
+        raise GlmcpuError(f"--max-queue must be >= 0, got {args.max_queue}")
+    run_server(args.model, host=args.host, port=args.port, n_ctx=args.ctx, threads=args.threads,
+               api_key=args.api_key, model_name=args.model_name, max_queue=args.max_queue)
