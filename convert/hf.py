@@ -70,7 +70,22 @@ class Tensor:
         return int(np.prod(self.shape, dtype=np.int64)) * 4
 
 
+def read_json(path):
+    """The parsed JSON file at path; any failure (unreadable, not UTF-8, not JSON, nested too
+    deeply, an integer too long) is one GlmcpuError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise GlmcpuError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise GlmcpuError(f"{path}: not valid JSON ({str(e)[:80] or type(e).__name__})") from None
+
+
 class Checkpoint:
+    """A Hugging Face checkpoint directory: ``config`` (config.json as a dict), ``tensors``
+    (name -> Tensor, from every weight file), ``weight_files`` (their paths)."""
+
     def __init__(self, src):
         self.src = str(src)
         if not os.path.exists(self.src):
@@ -82,11 +97,7 @@ class Checkpoint:
         if not os.path.isfile(cfg_path):
             raise GlmcpuError(f"{self.src}: no config.json; give the Hugging Face checkpoint directory "
                               f"that holds config.json and the weights")
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                self.config = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GlmcpuError(f"{cfg_path}: not valid JSON ({e})") from None
+        self.config = read_json(cfg_path)
         if not isinstance(self.config, dict):
             raise GlmcpuError(f"{cfg_path}: not a JSON object")
         self.tensors = {}
@@ -104,24 +115,34 @@ class Checkpoint:
             raise GlmcpuError(f"{self.src}: no weights found (expected one of {', '.join(cands)})")
         first = found[0]
         if first.endswith(".index.json"):
-            idx_path = self._path(first)
-            try:
-                with open(idx_path, encoding="utf-8") as f:
-                    weight_map = json.load(f)["weight_map"]
-                assert isinstance(weight_map, dict)
-            except (json.JSONDecodeError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
-                raise GlmcpuError(f"{idx_path}: not a valid index (needs a 'weight_map' object)") from None
-            shards = sorted(set(weight_map.values()))
-            for s in shards:
-                if not os.path.isfile(self._path(s)):
-                    raise GlmcpuError(f"{idx_path}: names shard {s!r}, which is missing from {self.src}")
-            for s in shards:
-                self._open_file(s)
-            missing = [n for n in weight_map if n not in self.tensors]
-            if missing:
-                raise GlmcpuError(f"{idx_path}: tensor {missing[0]!r} is not in shard {weight_map[missing[0]]!r}")
+            self._open_index(first)
         else:
             self._open_file(first)
+
+    def _open_index(self, fname):
+        """Open every shard a sharded checkpoint's index names; each tensor it lists must be in
+        the shard it names."""
+        idx_path = self._path(fname)
+        index = read_json(idx_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise GlmcpuError(f"{idx_path}: not a valid index (needs a 'weight_map' object)")
+        ext = fname[: -len(".index.json")].rsplit(".", 1)[-1]  # safetensors or bin
+        for name, shard in weight_map.items():
+            if (not isinstance(shard, str) or not shard.endswith("." + ext) or os.path.basename(shard) != shard
+                    or shard.startswith(".")):
+                raise GlmcpuError(f"{idx_path}: tensor {name!r} is mapped to {shard!r:.80}, which is not the "
+                                  f"name of a .{ext} file in the checkpoint directory")
+        shards = sorted(set(weight_map.values()))
+        for s in shards:
+            if not os.path.isfile(self._path(s)):
+                raise GlmcpuError(f"{idx_path}: names shard {s!r}, which is missing from {self.src}")
+        for s in shards:
+            self._open_file(s)
+        for name, shard in weight_map.items():
+            t = self.tensors.get(name)
+            if t is None or os.path.basename(t.path) != shard:
+                raise GlmcpuError(f"{idx_path}: tensor {name!r} is not in shard {shard!r}")
 
     def _open_file(self, fname):
         path = self._path(fname)
