@@ -7,7 +7,6 @@ earlier window count, so every token is predicted once, with at least n_ctx - st
 context except at the start. perplexity = exp(mean negative log-likelihood).
 """
 import math
-import sys
 
 import numpy as np
 

@@ -25,7 +25,7 @@ import tracemalloc
 import zipfile
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import glmcpu
@@ -40,9 +40,6 @@ PEAK_LIMIT = 64 << 20  # bytes: far above what opening the tiny inputs needs, fa
 FUZZ = dict(deadline=None, derandomize=True, database=None, print_blob=True,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                    HealthCheck.function_scoped_fixture])
-# While a test is marked xfail (a defect outside the readers, reported), shrinking its failure
-# would only cost CI time; drop this (shrink again) when the marker goes.
-KNOWN_FAILING = (Phase.explicit, Phase.generate)
 
 
 MODELS = ["model-f16", "model-q4", "model-v1", "model-0414"]  # fuzz_loader.make_sources says what each is
@@ -126,9 +123,7 @@ def test_model_file_fuzz(sources, worker, scratch, data):
     run_check(worker, "model", raw, scratch)
 
 
-@pytest.mark.xfail(strict=True, reason="the architectures do not yet check params' types, presence and ranges "
-                                       "(TypeError/ValueError from ModelArgs); see the fuzz report of issue 16")
-@settings(max_examples=120, phases=KNOWN_FAILING, **FUZZ)
+@settings(max_examples=120, **FUZZ)
 @given(data=st.data())
 def test_params_fuzz(sources, worker, scratch, data):
     d = HypothesisDraw(data)
@@ -150,9 +145,7 @@ def test_checkpoint_fuzz(sources, worker, scratch, data):
     run_check(worker, "hf", files, scratch)
 
 
-@pytest.mark.xfail(strict=True, reason="the families' config.json parsing does not yet check value types "
-                                       "(TypeError/ValueError/AttributeError); see the fuzz report of issue 16")
-@settings(max_examples=80, phases=KNOWN_FAILING, **FUZZ)
+@settings(max_examples=80, **FUZZ)
 @given(data=st.data())
 def test_config_fuzz(sources, worker, scratch, data):
     d = HypothesisDraw(data)
@@ -161,18 +154,15 @@ def test_config_fuzz(sources, worker, scratch, data):
     run_check(worker, "hf", files, scratch)
 
 
-# Defects the fuzzing found outside the readers (reported in issue 16, not fixed here): the
-# architectures take params and the families take config.json values without checking their
-# types and ranges. Each case is one such finding; drop its xfail when the check lands.
+# Values the fuzzing once found unchecked (issue 16): the architectures took params and the
+# families took config.json values without checking their types and ranges. Kept as regressions.
 PARAMS_DEFECTS = [
     ("n_layer", "delete"), ("head_dim", [1, 2]), ("n_embd", 2**63), ("n_ff", 2**32 + 1), ("norm_eps", "F16"),
     ("rope_dim", 64), ("rope_pos_scale", [[1, 2], True]), ("n_kv_head", "q4_0"),
 ]
 CONFIG_DEFECTS = [("_name_or_path", True), ("seq_length", [1, 2]), ("layernorm_epsilon", "F16")]
-xfail_outside = pytest.mark.xfail(strict=True, reason="a check outside the readers is missing (issue 16 report)")
 
 
-@xfail_outside
 @pytest.mark.parametrize("key,value", PARAMS_DEFECTS, ids=[f"{k}={v!r:.20}" for k, v in PARAMS_DEFECTS])
 def test_params_defects(sources, worker, scratch, key, value):
     def edit(params):
@@ -184,7 +174,6 @@ def test_params_defects(sources, worker, scratch, key, value):
     assert run_check(worker, "model", raw, scratch)[0] == "error"  # in the worker: some sizes are huge
 
 
-@xfail_outside
 @pytest.mark.parametrize("key,value", CONFIG_DEFECTS, ids=[f"{k}={v!r:.20}" for k, v in CONFIG_DEFECTS])
 def test_config_defects(sources, tmp_path, key, value):
     from glmcpu.convert.pipeline import convert

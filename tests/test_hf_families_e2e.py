@@ -13,7 +13,7 @@ import glmcpu
 from glmcpu.chat_template import render
 from glmcpu.convert import convert
 from glmcpu.errors import GlmcpuError
-from helpers import GOLDEN, TOKENIZERS, max_rel, random_checkpoint
+from helpers import GOLDEN, TOKENIZERS, random_checkpoint
 
 GOLD_HF = json.load(open(os.path.join(GOLDEN, "tokenizer_hf.json"), encoding="utf-8"))
 TEMPLATE_FILE = {"glm": "tokenizer_config.json", "glm4-0414": "tokenizer_config.0414.json"}

@@ -28,7 +28,7 @@ import os
 from glmcpu.errors import GlmcpuError, UnsupportedError
 
 from . import chatglm1, chatglm2, chatglm3, glm4, glm, glm4_0414
-from .common import layer_pattern, name_hint
+from .common import layer_pattern
 
 # Order matters only for error messages and --family choices.
 FAMILIES = {f.NAME: f for f in (chatglm1, chatglm2, chatglm3, glm4, glm, glm4_0414)}

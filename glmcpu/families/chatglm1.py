@@ -2,8 +2,9 @@
 rotary positions and a bidirectional prompt prefix. Architecture: ``chatglm1``
 (glmcpu/models/chatglm1.py).
 """
-from glmcpu.errors import GlmcpuError, UnsupportedError
+from glmcpu.errors import UnsupportedError
 from glmcpu.families import chatglm2
+from glmcpu.families.common import config_int, config_number, config_token_id
 
 NAME = "chatglm1"
 TITLE = "ChatGLM-6B (v1)"
@@ -45,13 +46,10 @@ def tied(config):
 
 
 def params(config):
-    for key in ("num_layers", "hidden_size", "num_attention_heads", "inner_hidden_size", "vocab_size",
-                "bos_token_id", "gmask_token_id", "mask_token_id"):
-        if not isinstance(config.get(key), int) or isinstance(config.get(key), bool) or config[key] < 0:
-            raise GlmcpuError(f"config.json: missing or invalid {key!r}")
     for key in ("num_layers", "hidden_size", "num_attention_heads", "inner_hidden_size", "vocab_size"):
-        if config[key] == 0:
-            raise GlmcpuError(f"config.json: missing or invalid {key!r}")
+        config_int(config, key)
+    for key in ("bos_token_id", "gmask_token_id", "mask_token_id"):
+        config_int(config, key, minimum=0)
     if config.get("position_encoding_2d", True) is not True:
         raise UnsupportedError("unsupported: position_encoding_2d=false (1-D rotary positions)")
     chatglm2.refuse_thudm_variants(config)
@@ -67,14 +65,14 @@ def params(config):
         "head_dim": config["hidden_size"] // config["num_attention_heads"],
         "n_ff": config["inner_hidden_size"],
         "n_vocab": config["vocab_size"],
-        "norm_eps": float(config.get("layernorm_epsilon", 1e-5)),
+        "norm_eps": config_number(config, "layernorm_epsilon", 1e-5),
         "rope_base": 10000.0,
         "bos_token_id": config["bos_token_id"],
         "mask_token_id": config["mask_token_id"],
         "gmask_token_id": config["gmask_token_id"],
-        "seq_length": int(config.get("max_sequence_length", 2048)),
+        "seq_length": config_int(config, "max_sequence_length", 2048),
         "eos_token_ids": chatglm2.eos_list(config, 130005),
-        "pad_token_id": config.get("pad_token_id"),
+        "pad_token_id": config_token_id(config, "pad_token_id"),
         "chat": True,
     }
 

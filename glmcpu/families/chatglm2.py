@@ -5,12 +5,11 @@ import the layout from here and differ in rotary scaling, tokenizer and chat for
 Architecture: ``chatglm`` (glmcpu/models/chatglm.py).
 """
 import json
-import re
 
 import numpy as np
 
 from glmcpu.errors import GlmcpuError, UnsupportedError
-from glmcpu.families.common import name_hint
+from glmcpu.families.common import config_bool, config_int, config_number, config_token_id, is_base_model, name_hint
 
 NAME = "chatglm2"
 TITLE = "ChatGLM2-6B"
@@ -84,8 +83,7 @@ def refuse_thudm_variants(config):
 def check_config(config):
     """Refuse every option of the ChatGLM2/3/GLM-4 modeling code that changes the math and is not implemented."""
     for key in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "padded_vocab_size"):
-        if not isinstance(config.get(key), int) or isinstance(config.get(key), bool) or config[key] <= 0:
-            raise GlmcpuError(f"config.json: missing or invalid {key!r}")
+        config_int(config, key)
     _require(config, "rmsnorm", True, "LayerNorm variant")
     _require(config, "apply_residual_connection_post_layernorm", False, "post-norm residual")
     _require(config, "add_bias_linear", False, "biases on every linear layer")
@@ -106,7 +104,7 @@ def rope_scaling(rope_ratio):
 def eos_list(config, default):
     eos = config.get("eos_token_id", default)
     eos = eos if isinstance(eos, list) else [eos]
-    if not all(isinstance(e, int) or e is None for e in eos):
+    if not all(e is None or (isinstance(e, int) and not isinstance(e, bool) and 0 <= e < 2**31) for e in eos):
         raise GlmcpuError(f"config.json: invalid eos_token_id {config.get('eos_token_id')!r}")
     return [int(e) for e in eos if e is not None]
 
@@ -115,12 +113,12 @@ def layout_params(config, rope):
     """Hyper-parameters of the ChatGLM2/3/GLM-4 layout; ``rope(rope_ratio) -> (base, pos_scale)``."""
     check_config(config)
     n_head = config["num_attention_heads"]
-    head_dim = config.get("kv_channels") or config["hidden_size"] // n_head
-    mqa = bool(config.get("multi_query_attention", False))
-    n_kv = config.get("multi_query_group_num", 1) if mqa else n_head
-    if not isinstance(n_kv, int) or n_kv <= 0 or n_head % n_kv:
+    head_dim = config_int(config, "kv_channels", config["hidden_size"] // n_head)
+    mqa = config_bool(config, "multi_query_attention", False)
+    n_kv = config_int(config, "multi_query_group_num", 1) if mqa else n_head
+    if n_head % n_kv:
         raise UnsupportedError(f"unsupported: num_attention_heads={n_head} not a multiple of multi_query_group_num={n_kv}")
-    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 4:
+    if head_dim % 4:
         raise UnsupportedError(f"unsupported: kv_channels={head_dim} (must be a multiple of 4 for the half-head rotary)")
     rope_base, rope_pos_scale = rope(float(config.get("rope_ratio", 1) or 1))
     return {
@@ -132,16 +130,15 @@ def layout_params(config, rope):
         "head_dim": head_dim,
         "n_ff": config["ffn_hidden_size"],
         "n_vocab": config["padded_vocab_size"],
-        "norm_eps": float(config.get("layernorm_epsilon", 1e-5)),
+        "norm_eps": config_number(config, "layernorm_epsilon", 1e-5),
         "rope_dim": head_dim // 2,
         "rope_base": rope_base,
         "rope_pos_scale": rope_pos_scale,
-        "qkv_bias": bool(config.get("add_qkv_bias", False)),
-        "seq_length": int(config.get("seq_length", 2048)),
+        "qkv_bias": config_bool(config, "add_qkv_bias", False),
+        "seq_length": config_int(config, "seq_length", 2048),
         "eos_token_ids": eos_list(config, 2),
-        "pad_token_id": config.get("pad_token_id"),
-        # a base (pre-trained, not chat-tuned) model, e.g. chatglm3-6b-base: raw completion, no chat template
-        "chat": "base" not in re.split(r"[-_/.]", str(config.get("_name_or_path", "")).lower()),
+        "pad_token_id": config_token_id(config, "pad_token_id"),
+        "chat": not is_base_model(config),  # a base model (chatglm3-6b-base): raw completion, no template
     }
 
 

@@ -1,10 +1,54 @@
 """Helpers the family modules and the converter share."""
+import math
 import re
+
+from glmcpu.errors import GlmcpuError
+
+REQUIRED = object()
+
+
+def config_int(config, key, default=REQUIRED, minimum=1):
+    """config.json's integer ``key`` (``default`` when absent): a clear error for any other type
+    or a value outside [minimum, 2**31)."""
+    v = config.get(key, default)
+    if v is REQUIRED or isinstance(v, bool) or not isinstance(v, int) or not minimum <= v < 2**31:
+        raise GlmcpuError(f"config.json: missing or invalid {key!r}: {config.get(key)!r} "
+                          f"(expected an integer >= {minimum})")
+    return v
+
+
+def config_number(config, key, default=REQUIRED):
+    """config.json's positive finite number ``key`` as a float."""
+    v = config.get(key, default)
+    if v is REQUIRED or isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise GlmcpuError(f"config.json: missing or invalid {key!r}: {config.get(key)!r} (expected a positive number)")
+    return float(v)
+
+
+def config_bool(config, key, default):
+    """config.json's true/false ``key``."""
+    v = config.get(key, default)
+    if not isinstance(v, bool):
+        raise GlmcpuError(f"config.json: invalid {key!r}: {v!r} (expected true or false)")
+    return v
+
+
+def config_token_id(config, key, default=None):
+    """config.json's optional token id ``key`` (None when absent or null)."""
+    return None if config.get(key, default) is None else config_int(config, key, default, minimum=0)
+
+
+def is_base_model(config):
+    """A base (pre-trained, not chat-tuned) model, e.g. chatglm3-6b-base, by its _name_or_path."""
+    name = config.get("_name_or_path")
+    return isinstance(name, str) and "base" in re.split(r"[-_/.]", name.lower())
 
 
 def name_hint(text):
     """A family suggested by a model name such as THUDM/chatglm3-6b-32k, or None."""
-    t = (text or "").lower()
+    if not isinstance(text, str):
+        return None
+    t = text.lower()
     if "glm-4" in t or "glm4" in t:
         return "glm4"
     if "chatglm3" in t:

@@ -7,9 +7,9 @@ It runs on the ``chatglm`` architecture (glmcpu/models/chatglm.py). Tokenizer: `
 chat format: the jinja ``chat_template`` stored from ``tokenizer_config.json``.
 """
 import json
-import re
 
 from glmcpu.errors import GlmcpuError, UnsupportedError
+from glmcpu.families.common import REQUIRED, config_int, config_number, config_token_id, is_base_model
 
 NAME = "glm"
 TITLE = "GlmForCausalLM (glm-4-9b-chat-hf, GLM-Edge)"
@@ -58,16 +58,11 @@ def tied(config):
 
 
 def _int(config, key):
-    v = config.get(key, DEFAULTS.get(key))
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise GlmcpuError(f"config.json: missing or invalid {key!r}")
-    return v
+    return config_int(config, key, DEFAULTS.get(key, REQUIRED))
 
 
 def _number(value, key):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise GlmcpuError(f"config.json: invalid {key!r}: {value!r}")
-    return float(value)
+    return config_number({key: value}, key)
 
 
 def rope_config(config):
@@ -112,7 +107,7 @@ def glm_params(config, post_norms):
         raise UnsupportedError(f"unsupported: head_dim * partial_rotary_factor = {head_dim * factor} (not an even number)")
     eos = config.get("eos_token_id", DEFAULTS["eos_token_id"])
     eos = eos if isinstance(eos, list) else [eos]
-    if not all(isinstance(e, int) or e is None for e in eos):
+    if not all(e is None or (isinstance(e, int) and not isinstance(e, bool) and 0 <= e < 2**31) for e in eos):
         raise GlmcpuError(f"config.json: invalid eos_token_id {config.get('eos_token_id')!r}")
     bias = config.get("attention_bias", DEFAULTS["attention_bias"])
     if not isinstance(bias, bool):
@@ -134,8 +129,8 @@ def glm_params(config, post_norms):
         "post_norms": post_norms,
         "seq_length": _int(config, "max_position_embeddings"),
         "eos_token_ids": [int(e) for e in eos if e is not None],
-        "pad_token_id": config.get("pad_token_id"),
-        "chat": "base" not in re.split(r"[-_/.]", str(config.get("_name_or_path", "")).lower()),
+        "pad_token_id": config_token_id(config, "pad_token_id"),
+        "chat": not is_base_model(config),
     }
 
 

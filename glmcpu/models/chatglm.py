@@ -20,6 +20,8 @@ from glmcpu import kernels as K
 from glmcpu.errors import GlmcpuError
 from glmcpu.linear import Workspace, load_vector, make_linear
 
+from .args import check_cache_fits, check_tensors, from_params, require
+
 
 @dataclass
 class ModelArgs:
@@ -43,8 +45,13 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, d):
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return from_params(cls, d)
+
+    def check(self):
+        require(self.n_head % self.n_kv_head == 0, "n_kv_head", self.n_kv_head, f"a divisor of n_head={self.n_head}")
+        require(self.rope_dim % 2 == 0 and self.rope_dim <= self.head_dim, "rope_dim", self.rope_dim,
+                f"an even number <= head_dim={self.head_dim}")
+        require(self.arch == "chatglm", "arch", self.arch, "'chatglm'")
 
 
 def tensor_table(a):
@@ -90,6 +97,8 @@ class ChatGLM:
 
     def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
         a = self.args = ModelArgs.from_dict(mf.params)
+        check_tensors(mf, tensor_table(a))
+        check_cache_fits(2 * a.n_layer * a.n_kv_head * n_ctx * a.head_dim * 4, n_ctx)
         self.n_ctx = n_ctx
         self.chunk = C = max(1, min(chunk, n_ctx))
         E, H, G, D, F = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff

@@ -28,6 +28,8 @@ from glmcpu import kernels as K
 from glmcpu.errors import GlmcpuError
 from glmcpu.linear import Workspace, load_vector, make_linear
 
+from .args import check_cache_fits, check_tensors, from_params, require
+
 
 @dataclass
 class ModelArgs:
@@ -49,8 +51,11 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, d):
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return from_params(cls, d)
+
+    def check(self):
+        require(self.head_dim % 4 == 0, "head_dim", self.head_dim, "a multiple of 4 (2-D rotary on half-heads)")
+        require(self.arch == "chatglm1", "arch", self.arch, "'chatglm1'")
 
     @property
     def n_kv_head(self):
@@ -96,6 +101,8 @@ class ChatGLM1:
 
     def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
         a = self.args = ModelArgs.from_dict(mf.params)
+        check_tensors(mf, tensor_table(a))
+        check_cache_fits(2 * a.n_layer * a.n_head * n_ctx * a.head_dim * 4, n_ctx)
         self.n_ctx = n_ctx
         self.chunk = n_ctx  # Model.forward hands over whole calls; chunking happens per sublayer
         C = self.sub = max(1, min(chunk, n_ctx))
