@@ -37,6 +37,7 @@ import numba
 from numba import njit, prange
 
 from glmcpu import kernels as K
+from glmcpu import qtypes
 from glmcpu import quants as Q
 from glmcpu.kernels.f16 import f16_to_f32
 
@@ -130,12 +131,12 @@ def validate(kinds, n_ranges):
                 ref = x.astype(np.float64) @ w16.astype(np.float64).T
                 assert np.abs(r.out - ref).max() <= 1e-5 * np.abs(ref).max(), kind
                 continue
-            quant = {"q8_0": Q.quantize_q8_0, "q4_0": Q.quantize_q4_0, "q4_1": Q.quantize_q4_1}[kind](w, gs)
-            q, d = quant[0], quant[1]
-            m = quant[2] if kind == "q4_1" else None
-            per = 32 if kind == "q8_0" else 16
-            arrays = (Q.tile(q, R, per).reshape(-1, k // 32, per, R), Q.tile(d.view(np.uint16), R, 1).reshape(-1, k // gs, R),
-                      Q.tile(m.view(np.uint16), R, 1).reshape(-1, k // gs, R) if m is not None else np.zeros((0, 0, 0), np.uint16))
+            qt = qtypes.get(kind)
+            q, d, *m = qt.quantize(w, gs)                      # row-major reference: quants, scales[, mins]
+            m = m[0] if m else None
+            arrays = tuple(qt.encode(w, "w", gs))              # the stored (tiled) parts
+            if kind != "q8_0" and not qt.has_min:
+                arrays += (np.zeros((0, 0, 0), np.uint16),)
             r = Runner(kind, arrays, n, k, T, n_ranges)
             r.x[:] = x
             r()

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 import glmcpu
+from glmcpu import qtypes
 from glmcpu.convert import convert
 from glmcpu.perplexity import log_softmax_at
 
@@ -49,7 +50,7 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = None
-        for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in ("q8_0", "q4_0", "q4_1") for g in (32, 128)]:
+        for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in qtypes.QUANTIZED for g in (32, 128)]:
             path = os.path.join(tmp, f"{dtype}-{gs}.glmq")
             convert(args.ckpt, path, dtype=dtype, group_size=gs, progress=False)
             ppl, n = entry_perplexity(glmcpu.load(path, n_ctx=512), entries)

@@ -12,6 +12,7 @@ import tempfile
 import numpy as np
 
 import glmcpu
+from glmcpu import qtypes
 from glmcpu.convert import convert
 
 CASES = ["chatglm1-tiny", "chatglm2-tiny-bin", "chatglm3-tiny", "glm4-tiny"]
@@ -39,7 +40,7 @@ def main(argv=None):
             ids = np.concatenate([e["prompt_ids"], e["decode_ids"]])
             T = len(e["prompt_ids"])
             official = np.concatenate([e["prefill_logits"], e["decode_logits"]])
-            for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in ("q8_0", "q4_0", "q4_1") for g in (32, 128)]:
+            for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in qtypes.QUANTIZED for g in (32, 128)]:
                 path = os.path.join(tmp, f"{case}-{dtype}-{gs}.glmq")
                 convert(src, path, dtype=dtype, group_size=gs, progress=False)
                 fast = run(path, ids, T, "fast")

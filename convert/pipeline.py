@@ -10,10 +10,10 @@ from glmcpu import __version__
 from glmcpu.errors import GlmcpuError
 from glmcpu.file import FORMAT_NAME, FORMAT_VERSION
 from glmcpu.progress import Progress
-from glmcpu import families
+from glmcpu import families, qtypes
+from glmcpu.qtypes import QTYPES, TILE_ROWS, pick_group_size
 from .hf import Checkpoint, to_f32
 from .plan import plan_tensors
-from .quantize import QTYPES, TILE_ROWS, get_qtype, pick_group_size
 from .writer import Part, write_file, check_output_path
 
 BLOCK_BYTES = 2 << 20  # float32 bytes of rows converted at a time (rounded up to whole tiles)
@@ -84,9 +84,9 @@ def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, l
     128 for the quantized types; a tensor whose row length it does not divide uses the largest
     smaller group size that does, or f16 if none does (a note is logged either way).
     """
-    qtype = get_qtype(dtype)
-    q_embd = get_qtype(embedding_dtype or dtype)
-    q_out = get_qtype(output_dtype or dtype)
+    qtype = qtypes.get(dtype)
+    q_embd = qtypes.get(embedding_dtype or dtype)
+    q_out = qtypes.get(output_dtype or dtype)
     if group_size not in (32, 64, 128):
         raise GlmcpuError(f"group size {group_size} is not supported; use 32, 64 or 128")
     log = log or (lambda msg: None)

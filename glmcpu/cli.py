@@ -6,6 +6,7 @@ import sys
 import time
 
 from .errors import GlmcpuError
+from . import qtypes
 
 
 def _fmt_bytes(n):
@@ -65,7 +66,7 @@ def cmd_info(args):
         print(f"rope:           2-D (position and block position), base {a.rope_base:g}")
     print(f"norm eps:       {a.norm_eps:g}; trained context {a.seq_length}; eos {a.eos_token_ids}")
     template = mf.meta.get("chat_template")
-    print(f"chat template:  " + (f"jinja, {len(template)} characters" if template else "built in"))
+    print("chat template:  " + (f"jinja, {len(template)} characters" if template else "built in"))
     print(f"quantization:   {json.dumps(mf.quantization)}")
     tok = mf.tokenizer_info
     if tok:
@@ -123,7 +124,7 @@ def cmd_verify(args):
     return 0 if ok else 1
 
 
-DTYPES = ["f32", "f16", "q8_0", "q4_0", "q4_1"]
+DTYPES = list(qtypes.NAMES)
 
 
 def _sampling(args):
@@ -265,7 +266,7 @@ def build_parser():
     c.add_argument("--dtype", default="f16", choices=DTYPES,
                    help="storage type of the weight matrices (default f16; norms and biases stay f32)")
     c.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128],
-                   help="values per scale for q8_0/q4_0/q4_1 (default 32)")
+                   help=f"values per scale for {'/'.join(qtypes.QUANTIZED)} (default 32)")
     c.add_argument("--embedding-dtype", choices=DTYPES, help="type of the token embedding (default: --dtype)")
     c.add_argument("--output-dtype", choices=DTYPES, help="type of the output layer (default: --dtype)")
     c.add_argument("--family", choices=families.names(),

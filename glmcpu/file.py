@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import GlmcpuError
 from .quants import GROUP_SIZES, QK
+from .qtypes import QTYPES, QUANTIZED
 
 FORMAT_NAME = "glmcpu"
 FORMAT_VERSION = 1
@@ -49,15 +50,6 @@ ST_DTYPES = {
 }
 ST_ITEMSIZE = {k: np.dtype(v).itemsize for k, v in ST_DTYPES.items()}
 
-# Storage types (docs/FORMAT.md, "Storage types"): role -> (physical name suffix, dtype).
-STORAGE = {
-    "f32": {"data": ("", "F32")},
-    "f16": {"data": ("", "F16")},
-    "q8_0": {"quants": ("", "I8"), "scales": (".scales", "F16")},
-    "q4_0": {"quants": ("", "U8"), "scales": (".scales", "F16")},
-    "q4_1": {"quants": ("", "U8"), "scales": (".scales", "F16"), "mins": (".mins", "F16")},
-}
-SUB_BLOCK_BYTES = {"q8_0": 32, "q4_0": 16, "q4_1": 16}  # bytes of one 32-element sub-block
 
 
 def _is_int(v):
@@ -303,7 +295,7 @@ class ModelFile(Mapped):
     def _check_quantization(self):
         """The tile height (None when no tensor is quantized); group_size and tile_rows checked."""
         q = self.quantization
-        quantized = any(isinstance(e, dict) and isinstance(e.get("type"), str) and e["type"] in SUB_BLOCK_BYTES
+        quantized = any(isinstance(e, dict) and isinstance(e.get("type"), str) and e["type"] in QUANTIZED
                         for e in self.tensor_types.values())
         if "group_size" in q and not (_is_int(q["group_size"]) and q["group_size"] in GROUP_SIZES):
             self._fail(f"quantization group_size is {q['group_size']!r:.40}, not one of {GROUP_SIZES}")
@@ -323,20 +315,21 @@ class ModelFile(Mapped):
         t, shape, parts = entry.get("type"), entry.get("shape"), entry.get("parts")
         if not isinstance(t, str):
             self._fail(f"tensor {name!r} has no storage type")
-        if t not in STORAGE:
+        if t not in QTYPES:
             raise GlmcpuError(f"{self.path}: tensor {name!r} has storage type {t!r:.40}, which this glmcpu "
                               f"cannot read (upgrade glmcpu)")
         if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
                 or not all(_is_int(s) and s >= 1 for s in shape)):
             self._fail(f"tensor {name!r} ({t}) has shape {shape!r:.60}")
-        want = {name + suffix: role for role, (suffix, dt) in STORAGE[t].items()}
+        q = QTYPES[t]
+        want = {name + suffix: role for role, (suffix, dt) in q.storage.items()}
         if parts != want:
             self._fail(f"tensor {name!r} ({t}) has parts {parts!r:.120}, expected {want}")
-        if t in SUB_BLOCK_BYTES:
-            phys = self._quantized_shapes(name, t, shape, entry.get("group_size"), tile_rows)
+        if q.quantized:
+            phys = self._quantized_shapes(name, q, shape, entry.get("group_size"), tile_rows)
         else:
-            phys = {"data": tuple(shape)}
-        for role, (suffix, dt) in STORAGE[t].items():
+            phys = q.part_shapes(shape, None, None)
+        for role, (suffix, dt) in q.storage.items():
             info = self.header.get(name + suffix)
             if info is None or (name + suffix).startswith(PAD_PREFIX) or name + suffix == "__metadata__":
                 self._fail(f"part {role!r} of {name!r} ({name + suffix!r}) is missing")
@@ -345,7 +338,7 @@ class ModelFile(Mapped):
                            f"expected {dt} {list(phys[role])}")
         return list(want)
 
-    def _quantized_shapes(self, name, t, shape, gs, R):
+    def _quantized_shapes(self, name, q, shape, gs, R):
         """Physical shapes of the parts of a quantized [n, k] tensor (docs/FORMAT.md)."""
         if len(shape) != 2 or shape[1] % QK:
             self._fail(f"quantized tensor {name!r} has shape {shape}; rows must be a multiple of {QK} long")
@@ -353,9 +346,7 @@ class ModelFile(Mapped):
         if not (_is_int(gs) and gs in GROUP_SIZES) or k % gs:
             self._fail(f"quantized tensor {name!r} has group_size {gs!r:.40}; expected one of "
                        f"{GROUP_SIZES} dividing its row length {k}")
-        nt = -(-n // R)
-        groups = (nt, k // gs, R)
-        return {"quants": (nt, k // QK, SUB_BLOCK_BYTES[t], R), "scales": groups, "mins": groups}
+        return q.part_shapes(shape, gs, R)
 
     def _check_tokenizer(self):
         """The tokenizer file's bytes (None without one): base64 decoded, SHA-256 checked."""

@@ -12,6 +12,7 @@ import numpy as np
 
 from glmcpu import kernels as K
 from glmcpu import quants as Q
+from glmcpu import qtypes
 from .errors import GlmcpuError
 
 MODES = ("fast", "exact", "reference")
@@ -204,30 +205,18 @@ def make_linear(mf, name, shape, ws, mode="fast"):
         raise GlmcpuError(f"{mf.path}: corrupted file: tensor {name!r} is missing")
     if tuple(info["shape"]) != tuple(shape):
         raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} has shape {info['shape']}, expected {list(shape)}")
-    t = info["type"]
-    n_out, n_in = shape
+    q = qtypes.QTYPES.get(info["type"])
+    if q is None:
+        raise GlmcpuError(f"{mf.path}: tensor {name!r} has type {info['type']!r}, which this glmcpu cannot run "
+                          f"(upgrade glmcpu)")
     try:
-        if t == "f32":
-            lin = LinearF32(_part(mf, name, "data", info))
-        elif t == "f16":
-            lin = LinearF16(_part(mf, name, "data", info), ws)
-        elif t in ("q4_0", "q4_1", "q8_0"):
-            qs, d = _part(mf, name, "quants", info), _part(mf, name, "scales", info)
-            gs = info["group_size"]
-            R = qs.shape[-1]
-            per = 32 if t == "q8_0" else 16
-            want_qs = (-(-n_out // R), n_in // 32, per, R)
-            if qs.shape != want_qs or d.shape != (want_qs[0], n_in // gs, R) or R != ws.acc1.shape[1]:
-                raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} parts have shapes {qs.shape}, {d.shape}")
-            if t == "q8_0":
-                lin = LinearQ8_0(qs, d, n_out, ws)
-            else:
-                m = _part(mf, name, "mins", info) if t == "q4_1" else EMPTY_U16
-                if m.shape not in (d.shape, (0, 0, 0)):
-                    raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} mins have shape {m.shape}")
-                lin = LinearQ4(t, qs, d, m, n_out, ws)
-        else:
-            raise GlmcpuError(f"{mf.path}: tensor {name!r} has type {t!r}, which this glmcpu cannot run (upgrade glmcpu)")
+        parts = {role: _part(mf, name, role, info) for role in q.storage}
+        want = q.part_shapes(shape, info.get("group_size"), ws.acc1.shape[1]) if q.quantized else q.part_shapes(shape, None, None)
+        for role, a in parts.items():
+            if a.shape != want[role]:
+                raise GlmcpuError(f"{mf.path}: corrupted file: part {role!r} of {name!r} has shape {a.shape}, "
+                                  f"expected {want[role]}")
+        lin = q.linear(parts, shape, ws)
     except (KeyError, TypeError, ValueError) as e:
         raise GlmcpuError(f"{mf.path}: corrupted file: bad description of {name!r} ({e})") from None
     if lin.type == "f32" and lin.w.dtype != np.float32 or lin.type == "f16" and lin.w.dtype != np.uint16:

@@ -280,7 +280,7 @@ def test_keep_embedding_and_output_f16_and_odd_rows(tmp_path):
     m = glmcpu.load(path)
     assert m.arch.tok_embd.type == "f16" and m.arch.blocks[0].attn_qkv.type == "q4_0"
     assert not any("kept in f16" in n for n in notes)
-    from glmcpu.convert.quantize import pick_group_size
+    from glmcpu.qtypes import pick_group_size
     assert pick_group_size(96, 128) == 32 and pick_group_size(4096, 128) == 128 and pick_group_size(80, 32) is None
 
 
