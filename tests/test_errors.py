@@ -132,3 +132,16 @@ def test_shape_mismatch_between_config_and_weights(tmp_path):
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(GlmcpuError, match="config and weights disagree"):
         convert(str(src), str(tmp_path / "x.glmq"), progress=False)
+
+
+def test_context_larger_than_ram_is_refused_before_allocating(converted):
+    """A KV cache bigger than the machine's RAM: one clear error at load (numpy would reserve it
+    lazily and the process would die later)."""
+    from glmcpu.models.args import physical_memory
+    ram = physical_memory()
+    path = converted("chatglm3-tiny", "f16")
+    per_token = 2 * 2 * 2 * 16 * 4  # K and V, 2 layers, 2 KV groups, head_dim 16, float32
+    with pytest.raises(GlmcpuError, match="KV cache, more than this machine's"):
+        glmcpu.load(path, n_ctx=ram // per_token + 1)
+    rc, out, err = _cli("run", "-m", path, "--ctx", str(ram // per_token + 1), "-p", "hi")
+    _assert_one_line_error(rc, err, "use a smaller context")
