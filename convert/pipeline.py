@@ -1,4 +1,4 @@
-"""glmcpu convert: a Hugging Face ChatGLM checkpoint directory -> one .glmq file."""
+"""glmcpu convert: a Hugging Face checkpoint directory or a GGUF file -> one .glmq file."""
 import base64
 import hashlib
 import json
@@ -74,27 +74,37 @@ def _generation_eos(ck):
     return [int(e) for e in eos if isinstance(e, int) and not isinstance(e, bool)]
 
 
-def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, log=None,
-            group_size=32, embedding_dtype=None, output_dtype=None, tokenizer_dir=None):
-    """Convert checkpoint directory ``src`` to the glmcpu file ``out``. Returns summary rows
-    [(name, shape, type, bytes)].
+class Source:
+    """What every converter source provides: the family, the original config (kept in the
+    file's metadata), the normalized params, the tokenizer entry and chat template, and the
+    tensors in file order as ``(our name, reader)``. A reader has ``name``, ``path``, ``shape``,
+    ``rows_f32(r0, r1)`` and ``ggml_type`` (None for float checkpoints; a GGUF tensor's type,
+    with ``ggml_rows(r0, r1)`` giving its raw ggml blocks)."""
 
-    dtype: type of the 2-D weights; embedding_dtype / output_dtype override it for the token
-    embedding and the output layer (e.g. "f16" to keep them unquantized). group_size: 32, 64 or
-    128 for the quantized types; a tensor whose row length it does not divide uses the largest
-    smaller group size that does, or f16 if none does (a note is logged either way).
-    """
-    qtype = qtypes.get(dtype)
-    q_embd = qtypes.get(embedding_dtype or dtype)
-    q_out = qtypes.get(output_dtype or dtype)
-    if group_size not in (32, 64, 128):
-        raise GlmcpuError(f"group size {group_size} is not supported; use 32, 64 or 128")
+    def __init__(self, src, family, config, params, tokenizer, template, tensors, inputs=()):
+        self.src, self.family, self.config, self.params = src, family, config, params
+        self.tokenizer, self.template, self.tensors, self.inputs = tokenizer, template, tensors, inputs
+
+
+class HFTensor:
+    """A checkpoint tensor (or a Concat of several) with an optional row permutation."""
+    ggml_type = None
+
+    def __init__(self, t, perm):
+        self.t, self.perm = t, perm
+        self.name, self.path, self.shape = t.name, t.path, tuple(t.shape)
+
+    def rows_f32(self, r0=None, r1=None):
+        if self.perm is None:
+            return self.t.rows_f32(r0, r1)
+        idx = self.perm if r0 is None else self.perm[r0:r1]
+        return to_f32(self.t.raw()[idx], self.t.st_dtype)  # QKV rows of one layer: read whole, permuted
+
+
+def open_hf(src, family=None, tokenizer=None, tokenizer_dir=None, log=None):
+    """A Hugging Face checkpoint directory as a converter Source."""
     log = log or (lambda msg: None)
-    out = check_output_path(out)
     ck = Checkpoint(src)
-    for p in ck.weight_files:
-        if os.path.abspath(p) == out:
-            raise GlmcpuError(f"{out}: output would overwrite an input file")
     fam = families.detect(ck.config, ck.src, family)
     params = fam.params(ck.config)
     params["eos_token_ids"] += [e for e in _generation_eos(ck) if e not in params["eos_token_ids"]]
@@ -103,83 +113,150 @@ def convert(src, out, dtype="f16", family=None, tokenizer=None, progress=None, l
     if tok is None:
         log(f"note: no {' or '.join(fam.TOKENIZER_FILES)} in {ck.src}; the file will have no tokenizer "
             f"(pass --tokenizer-dir DIR or --tokenizer PATH)")
-    template = _chat_template(tok)
+    return Source(ck.src, fam, ck.config, params, tok, _chat_template(tok),
+                  [(name, HFTensor(t, perm)) for name, t, perm in plan], inputs=ck.weight_files)
 
-    entries = []  # (name, source, perm, qtype, group size, [Part])
-    for name, t, perm in plan:
-        if len(t.shape) != 2:
-            q, gs = QTYPES["f32"], None  # norms and biases stay float32
-        else:
-            q = {"token_embd.weight": q_embd, "output.weight": q_out}.get(name, qtype)
-            gs = None
-            if q.row_align > 1:
-                gs = pick_group_size(t.shape[1], group_size)
-                if gs is None:
-                    log(f"note: {name} has rows of {t.shape[1]} values, not a multiple of 32: kept in f16")
-                    q = QTYPES["f16"]
-                elif gs != group_size:
-                    log(f"note: {name} has rows of {t.shape[1]} values: group size {gs} instead of {group_size}")
-        parts = [Part(name + suffix, st, shape) for suffix, role, st, shape in q.parts(t.shape, gs)]
-        roles = {name + suffix: role for suffix, role, st, shape in q.parts(t.shape, gs)}
-        entries.append((name, t, perm, q, gs, parts, roles))
+
+def is_gguf(path):
+    """A file that starts with GGUF's magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def open_source(src, family=None, tokenizer=None, tokenizer_dir=None, log=None):
+    """A converter Source from a checkpoint directory or a GGUF file (detected by content)."""
+    if is_gguf(src):
+        from .gguf_import import open_gguf
+        if tokenizer or tokenizer_dir:
+            raise GlmcpuError("--tokenizer / --tokenizer-dir do not apply to a GGUF source: "
+                              "its tokenizer is read from the GGUF metadata")
+        return open_gguf(src, family=family, log=log)
+    return open_hf(src, family=family, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, log=log)
+
+
+def _choose_type(name, reader, q, group_size, log):
+    """The storage type and group size of one tensor: norms and biases f32; a GGUF tensor keeps
+    its own type when ``q`` is None; quantized rows need a group size dividing their length."""
+    if len(reader.shape) != 2:
+        return QTYPES["f32"], None
+    if q is None:  # keep the source's type (GGUF)
+        kept = qtypes.BY_GGML_TYPE.get(reader.ggml_type)
+        if kept is None:
+            raise GlmcpuError(f"{reader.path}: tensor {reader.name!r} is {reader.ggml_type_name}, which glmcpu "
+                              f"cannot store; pass --dtype (e.g. q8_0 or f16) to requantize it from its "
+                              f"dequantized values")
+        return kept, (32 if kept.quantized else None)
+    if q.row_align == 1:
+        return q, None
+    gs = pick_group_size(reader.shape[1], group_size)
+    if gs is None:
+        log(f"note: {name} has rows of {reader.shape[1]} values, not a multiple of 32: kept in f16")
+        return QTYPES["f16"], None
+    if gs != group_size:
+        log(f"note: {name} has rows of {reader.shape[1]} values: group size {gs} instead of {group_size}")
+    return q, gs
+
+
+def convert(src, out, dtype=None, family=None, tokenizer=None, progress=None, log=None,
+            group_size=32, embedding_dtype=None, output_dtype=None, tokenizer_dir=None):
+    """Convert checkpoint directory or GGUF file ``src`` to the glmcpu file ``out``. Returns
+    summary rows [(name, shape, type, bytes)].
+
+    dtype: type of the 2-D weights (default: f16 for a checkpoint; for a GGUF file each tensor
+    keeps its type, bit for bit); embedding_dtype / output_dtype override it for the token
+    embedding and the output layer (e.g. "f16" to keep them unquantized). group_size: 32, 64 or
+    128 for the quantized types; a tensor whose row length it does not divide uses the largest
+    smaller group size that does, or f16 if none does (a note is logged either way).
+    """
+    for d in (dtype, embedding_dtype, output_dtype):
+        if d is not None:
+            qtypes.get(d)
+    if group_size not in (32, 64, 128):
+        raise GlmcpuError(f"group size {group_size} is not supported; use 32, 64 or 128")
+    log = log or (lambda msg: None)
+    out = check_output_path(out)
+    source = open_source(src, family=family, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, log=log)
+    for p in source.inputs:
+        if os.path.abspath(p) == out:
+            raise GlmcpuError(f"{out}: output would overwrite an input file")
+    keep = source.tensors and source.tensors[0][1].ggml_type is not None
+    dtype = dtype or (None if keep else "f16")
+    qtype = qtypes.get(dtype) if dtype else None
+    q_embd = qtypes.get(embedding_dtype) if embedding_dtype else qtype
+    q_out = qtypes.get(output_dtype) if output_dtype else qtype
+
+    entries = []  # (name, reader, qtype, group size, [Part])
+    for name, reader in source.tensors:
+        q, gs = _choose_type(name, reader, {"token_embd.weight": q_embd, "output.weight": q_out}.get(name, qtype),
+                             group_size, log)
+        spec = q.parts(reader.shape, gs)
+        parts = [Part(name + suffix, st, shape) for suffix, role, st, shape in spec]
+        entries.append((name, reader, q, gs, parts, {name + suffix: role for suffix, role, st, shape in spec}))
     tensor_meta = {}
-    for name, t, perm, q, gs, parts, roles in entries:
-        tensor_meta[name] = {"type": q.name, "shape": list(t.shape), "parts": roles}
+    for name, reader, q, gs, parts, roles in entries:
+        tensor_meta[name] = {"type": q.name, "shape": list(reader.shape), "parts": roles}
         if gs:
             tensor_meta[name]["group_size"] = gs
-    quant = {"dtype": qtype.name, "norms_and_biases": "f32",
-             "embedding": q_embd.name, "output": q_out.name}
-    if any(q.row_align > 1 for q in (qtype, q_embd, q_out)):
-        quant.update(group_size=group_size, tile_rows=TILE_ROWS, activations="int8 per 32 (fast kernels)")
+    matrices = [e for e in entries if len(e[1].shape) == 2]
+    kind = lambda n: next((q.name for name, r, q, gs, p, ro in matrices if name == n), None)  # noqa: E731
+    quant = {"dtype": dtype or "as in the source", "norms_and_biases": "f32",
+             "embedding": kind("token_embd.weight"), "output": kind("output.weight")}
+    if any(q.quantized for name, r, q, gs, p, ro in matrices):
+        quant.update(group_size=group_size if dtype else 32, tile_rows=TILE_ROWS,
+                     activations="int8 per 32 (fast kernels)")
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "family": fam.NAME,
-        "config": json.dumps(ck.config, ensure_ascii=False),
-        "params": json.dumps(params),
+        "family": source.family.NAME,
+        "config": json.dumps(source.config, ensure_ascii=False),
+        "params": json.dumps(source.params),
         "quantization": json.dumps(quant),
         "tensors": json.dumps(tensor_meta),
-        "tokenizer": json.dumps(tok),
-        "chat_template": template or "",
+        "tokenizer": json.dumps(source.tokenizer),
+        "chat_template": source.template or "",
         "converter": f"glmcpu {__version__}",
     }
-    all_parts = [p for e in entries for p in e[5]]
+    all_parts = [p for e in entries for p in e[4]]
     bar = Progress(len(entries), "convert", enabled=progress)
 
     def fill(w):
-        for name, t, perm, q, gs, parts, roles in entries:
-            _write_tensor(w, t, perm, q, gs, parts)
+        for name, reader, q, gs, parts, roles in entries:
+            _write_tensor(w, reader, q, gs, parts)
             bar.update(1, name)
 
     try:
         write_file(out, all_parts, metadata, fill)
     finally:
         bar.close()
-    return [(name, tuple(t.shape), q.name + (f"/g{gs}" if gs else ""), sum(p.nbytes for p in parts))
-            for name, t, perm, q, gs, parts, roles in entries]
+    return [(name, reader.shape, q.name + (f"/g{gs}" if gs else ""), sum(p.nbytes for p in parts))
+            for name, reader, q, gs, parts, roles in entries]
 
 
-def _write_tensor(w, t, perm, q, gs, parts):
-    """Stream one tensor: blocks of rows are read, converted and encoded once; the first part is
-    written as it comes, the small later parts (scales, mins) are held until the first is done."""
-    shape = t.shape
+def _write_tensor(w, reader, q, gs, parts):
+    """Stream one tensor: blocks of rows are read and encoded (or, for a GGUF tensor kept in its
+    type, repacked) once; the first part is written as it comes, the small later parts (scales,
+    mins) are held until the first is done."""
+    shape = reader.shape
     if len(shape) == 1:
         blocks = [(None, None)]
     else:
         step = max(1, BLOCK_BYTES // (shape[1] * 4))
         step = max(q.row_align, step // q.row_align * q.row_align)
         blocks = [(r, min(shape[0], r + step)) for r in range(0, shape[0], step)]
+    repack = reader.ggml_type is not None and reader.ggml_type == q.ggml_type and len(shape) == 2
     held = [[] for _ in parts[1:]]
     w.seek_part(parts[0])
     for r0, r1 in blocks:
-        if perm is None:
-            rows = t.rows_f32(r0, r1)
+        if repack:
+            enc = q.from_ggml(reader.ggml_rows(r0, r1), shape)
         else:
-            idx = perm if r0 is None else perm[r0:r1]
-            rows = to_f32(t.raw()[idx], t.st_dtype)  # QKV rows of one layer: read whole, permuted
-        if rows.size and not (np.isfinite(rows.max()) and np.isfinite(rows.min())):  # NaN propagates
-            raise GlmcpuError(f"{t.path}: tensor {t.name!r} contains NaN or infinity")
-        enc = q.encode(rows, t.name, gs)
+            rows = reader.rows_f32(r0, r1)
+            if rows.size and not (np.isfinite(rows.max()) and np.isfinite(rows.min())):  # NaN propagates
+                raise GlmcpuError(f"{reader.path}: tensor {reader.name!r} contains NaN or infinity")
+            enc = q.encode(rows, reader.name, gs)
         w.write(enc[0])
         for h, a in zip(held, enc[1:]):
             h.append(a)

@@ -260,11 +260,13 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"glmcpu {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    c = sub.add_parser("convert", help="convert a Hugging Face checkpoint directory to a glmcpu file")
-    c.add_argument("src", help="checkpoint directory (config.json + *.safetensors or pytorch_model*.bin)")
+    c = sub.add_parser("convert", help="convert a Hugging Face checkpoint directory or a GGUF file to a glmcpu file")
+    c.add_argument("src", help="checkpoint directory (config.json + *.safetensors or pytorch_model*.bin), "
+                               "or a GGUF file (llama.cpp / Ollama)")
     c.add_argument("-o", "--output", required=True, help="output file (suggested extension: .glmq)")
-    c.add_argument("--dtype", default="f16", choices=DTYPES,
-                   help="storage type of the weight matrices (default f16; norms and biases stay f32)")
+    c.add_argument("--dtype", choices=DTYPES,
+                   help="storage type of the weight matrices (default: f16 for a checkpoint; a GGUF file's "
+                        "tensors keep their type, bit for bit); norms and biases stay f32")
     c.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128],
                    help=f"values per scale for {'/'.join(qtypes.QUANTIZED)} (default 32)")
     c.add_argument("--embedding-dtype", choices=DTYPES, help="type of the token embedding (default: --dtype)")
