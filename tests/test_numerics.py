@@ -246,20 +246,27 @@ def test_kernels_use_only_the_safe_fastmath_flags():
 
 # ---------------------------------------------------------------- a whole model
 
+def _scaled_glm4_tiny(tmp_path, name, factor):
+    """glm4-tiny in float32 with checkpoint tensor ``name`` multiplied by ``factor``, converted
+    to an f32 model file: (its path, the float32 checkpoint tensors)."""
+    from helpers import _f32
+    src = golden("glm4-tiny")
+    tensors = {n: _f32(dt, a).astype(np.float32) for n, (dt, a) in read_raw_tensors(src).items()}
+    tensors[name] *= np.float32(factor)
+    d = tmp_path / "scaled"
+    d.mkdir()
+    shutil.copy(os.path.join(src, "config.json"), d / "config.json")
+    write_safetensors(str(d / "model.safetensors"), {n: ("F32", a) for n, a in tensors.items()})
+    path = str(tmp_path / "scaled.glmq")
+    convert(str(d), path, dtype="f32", progress=False)
+    return path, tensors
+
 def test_huge_hidden_states_model_matches_float64_reference(tmp_path):
     """glm4-tiny with its first MLP output scaled by 1e25: the residual stream holds values ~1e25,
     whose squares overflow float32 in the next layer's RMSNorm (which then returned zeros); the
     logits must still match the float64 reference forward and be finite."""
-    src, raw = golden("glm4-tiny"), read_raw_tensors(golden("glm4-tiny"))
-    from helpers import _f32
-    tensors = {n: _f32(dt, a).astype(np.float32) for n, (dt, a) in raw.items()}
-    tensors["transformer.encoder.layers.0.mlp.dense_4h_to_h.weight"] *= np.float32(1e25)
-    d = tmp_path / "huge"
-    d.mkdir()
-    shutil.copy(os.path.join(src, "config.json"), d / "config.json")
-    write_safetensors(str(d / "model.safetensors"), {n: ("F32", a) for n, a in tensors.items()})
-    path = str(tmp_path / "huge.glmq")
-    convert(str(d), path, dtype="f32", progress=False)
+    src = golden("glm4-tiny")
+    path, tensors = _scaled_glm4_tiny(tmp_path, "transformer.encoder.layers.0.mlp.dense_4h_to_h.weight", 1e25)
     e = np.load(os.path.join(src, "expected.npz"))
     ids = np.concatenate([e["prompt_ids"], e["decode_ids"][:3]])
     cfg = json.load(open(os.path.join(src, "config.json")))
@@ -273,16 +280,7 @@ def test_huge_hidden_states_model_matches_float64_reference(tmp_path):
 def test_forward_refuses_nan_logits_instead_of_sampling_garbage(tmp_path):
     """Weights so large that the forward overflows: forward raises a clear error and the cache
     keeps only what it had before the call."""
-    src, raw = golden("glm4-tiny"), read_raw_tensors(golden("glm4-tiny"))
-    from helpers import _f32
-    tensors = {n: _f32(dt, a).astype(np.float32) for n, (dt, a) in raw.items()}
-    tensors["transformer.encoder.layers.0.mlp.dense_h_to_4h.weight"] *= np.float32(1e20)
-    d = tmp_path / "overflow"
-    d.mkdir()
-    shutil.copy(os.path.join(src, "config.json"), d / "config.json")
-    write_safetensors(str(d / "model.safetensors"), {n: ("F32", a) for n, a in tensors.items()})
-    path = str(tmp_path / "overflow.glmq")
-    convert(str(d), path, dtype="f32", progress=False)
+    path, _ = _scaled_glm4_tiny(tmp_path, "transformer.encoder.layers.0.mlp.dense_h_to_4h.weight", 1e20)
     m = glmcpu.load(path, n_ctx=64)
     with pytest.raises(GlmcpuError, match="NaN or infinite logits"):
         m.forward([1, 2, 3])
