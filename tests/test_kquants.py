@@ -98,7 +98,13 @@ def _act(n):
 
 
 def _h(a):
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+    """A short digest of the array's bytes. A NaN's sign and payload are the CPU's choice (IEEE 754
+    leaves them open: x86 makes inf - inf 0xFFC00000, aarch64 0x7FC00000), so float NaNs are
+    hashed as the quiet NaN 0x7FC00000 wherever they come from."""
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.float32:
+        a = np.where(np.isnan(a), np.uint32(0x7FC00000), a.view(np.uint32))
+    return hashlib.sha256(a.tobytes()).hexdigest()[:16]
 
 
 # ggml's C output: GGML[(kind, case)] = sha256 of quantize_row_<kind>_ref's bytes;
@@ -181,8 +187,8 @@ GGML = {
     ("dot-q4_K", "tiny"): "9d908ecfb6b256de",
     ("dot-q5_K", "tiny"): "9d908ecfb6b256de",
     ("dot-q6_K", "tiny"): "9d908ecfb6b256de",
-    ("dot-q4_K", "huge"): "72d00b060cf8ebfa",
-    ("dot-q5_K", "huge"): "72d00b060cf8ebfa",
+    ("dot-q4_K", "huge"): "3fbf182a570eb067",  # six NaNs (ggml on x86-64: 0xFFC00000, hashed as 0x7FC00000)
+    ("dot-q5_K", "huge"): "3fbf182a570eb067",
     ("dot-q6_K", "huge"): "9d908ecfb6b256de",
     ("dot-q4_K", "ints"): "8c8244c8e603c067",
     ("dot-q5_K", "ints"): "48de481b5820cb06",

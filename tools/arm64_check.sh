@@ -213,6 +213,8 @@ for f in test_golden test_golden_hf test_chatglm1 test_quant test_kquants test_k
          test_tokenizer test_tokenizer_hf test_demo; do
     [ -f "$ROOT$WORK/glmcpu/tests/$f.py" ] && SUBSET_FILES+=" tests/$f.py"
 done
+# their base names: the summary checks a required test only if its file exists at the commit
+REQUIRED_FILES=${SUBSET_FILES//tests\//}
 SUBSET_K="test_prefill_and_decode_match_official or test_golden_prefill_and_decode \
 or test_hf_native_matches_official or (test_hf_native_quantized_equals_reference and q4_0) \
 or (test_quantized_golden_equals_reference_forward and q4_0 and 32) \
