@@ -95,6 +95,23 @@ class LinearF16:
         K.embed_f16(out, self.w, ids)
 
 
+class LinearBF16:
+    type = "bf16"
+
+    def __init__(self, w, ws):
+        self.w, self.ws = w, ws
+        self.n_out, self.n_in = w.shape
+
+    def __call__(self, out, x):
+        K.matmul_bf16(out, self.ws.row_buf, x, self.w)
+
+    def embed(self, out, ids):
+        K.embed_bf16(out, self.w, ids)
+
+    def dequantize(self):
+        return (self.w.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
 class LinearQ4:
     """q4_0 (mins empty) and q4_1; AVX2 kernels when the workspace chose them (same results)."""
 
@@ -219,7 +236,7 @@ def make_linear(mf, name, shape, ws, mode="fast"):
         lin = q.linear(parts, shape, ws)
     except (KeyError, TypeError, ValueError) as e:
         raise GlmcpuError(f"{mf.path}: corrupted file: bad description of {name!r} ({e})") from None
-    if lin.type == "f32" and lin.w.dtype != np.float32 or lin.type == "f16" and lin.w.dtype != np.uint16:
+    if lin.type == "f32" and lin.w.dtype != np.float32 or lin.type in ("f16", "bf16") and lin.w.dtype != np.uint16:
         raise GlmcpuError(f"{mf.path}: corrupted file: {name!r} stored with the wrong dtype")
     if mode == "fast":
         return lin

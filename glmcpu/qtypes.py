@@ -63,12 +63,23 @@ class QType:
         raise NotImplementedError
 
 
-class F32(QType):
-    name, bits, ggml_type, ggml_block = "f32", 32.0, 0, (1, 4)
-    storage = {"data": ("", "F32")}
+class _Plain(QType):
+    """One stored value per weight, in the same bytes as ggml's (F32, F16, BF16)."""
+    elem = None  # numpy dtype of the stored values
 
     def part_shapes(self, shape, gs, tile_rows):
         return {"data": tuple(shape)}
+
+    def from_ggml(self, raw, shape):
+        return [np.ascontiguousarray(raw).view(self.elem).reshape((-1,) + tuple(shape[1:]))]
+
+    def to_ggml(self, parts, shape, gs):
+        return np.ascontiguousarray(parts["data"]).reshape(shape[0] if len(shape) > 1 else 1, -1).view(np.uint8)
+
+
+class F32(_Plain):
+    name, bits, ggml_type, ggml_block, elem = "f32", 32.0, 0, (1, 4), np.float32
+    storage = {"data": ("", "F32")}
 
     def encode(self, rows, name, gs):
         return [np.ascontiguousarray(rows, dtype=np.float32)]
@@ -80,19 +91,11 @@ class F32(QType):
         from glmcpu.linear import LinearF32
         return LinearF32(parts["data"])
 
-    def from_ggml(self, raw, shape):
-        return [np.ascontiguousarray(raw).view(np.float32).reshape((-1,) + tuple(shape[1:]))]
-
-    def to_ggml(self, parts, shape, gs):
-        return np.ascontiguousarray(parts["data"]).reshape(shape[0] if len(shape) > 1 else 1, -1).view(np.uint8)
 
 
-class F16(QType):
-    name, bits, ggml_type, ggml_block = "f16", 16.0, 1, (1, 2)
+class F16(_Plain):
+    name, bits, ggml_type, ggml_block, elem = "f16", 16.0, 1, (1, 2), np.uint16
     storage = {"data": ("", "F16")}
-
-    def part_shapes(self, shape, gs, tile_rows):
-        return {"data": tuple(shape)}
 
     def encode(self, rows, name, gs):
         big = max(float(rows.max(initial=0.0)), -float(rows.min(initial=0.0)))  # no temporary array
@@ -108,11 +111,36 @@ class F16(QType):
         from glmcpu.linear import LinearF16
         return LinearF16(parts["data"], ws)
 
-    def from_ggml(self, raw, shape):
-        return [np.ascontiguousarray(raw).view(np.uint16).reshape((-1,) + tuple(shape[1:]))]
 
-    def to_ggml(self, parts, shape, gs):
-        return np.ascontiguousarray(parts["data"]).reshape(shape[0] if len(shape) > 1 else 1, -1).view(np.uint8)
+
+def bf16_bits(x):
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even: ggml's / torch's rounding."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+
+
+def bf16_to_f32(bits):
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+class BF16(_Plain):
+    """bfloat16: the top half of a float32. Exact for bfloat16 checkpoints and BF16 GGUFs."""
+    name, bits, ggml_type, ggml_block, elem = "bf16", 16.0, 30, (1, 2), np.uint16
+    storage = {"data": ("", "BF16")}
+
+    def encode(self, rows, name, gs):
+        bits = bf16_bits(rows)
+        if rows.size and not np.isfinite(bf16_to_f32(bits)).all():
+            raise GlmcpuError(f"tensor {name!r} has values beyond bfloat16 range; use --dtype f32")
+        return [bits]
+
+    def dequantize(self, parts, shape):
+        return bf16_to_f32(parts["data"]).reshape(shape)
+
+    def linear(self, parts, shape, ws):
+        from glmcpu.linear import LinearBF16
+        return LinearBF16(parts["data"], ws)
+
 
 
 class _Grouped(QType):
@@ -219,7 +247,7 @@ class Q4_1(_Q4):
     reference_dequantize = staticmethod(Q.dequantize_q4_1)
 
 
-QTYPES = {q.name: q for q in (F32(), F16(), Q8_0(), Q4_0(), Q4_1())}
+QTYPES = {q.name: q for q in (F32(), F16(), BF16(), Q8_0(), Q4_0(), Q4_1())}
 NAMES = tuple(QTYPES)
 QUANTIZED = tuple(n for n, q in QTYPES.items() if q.quantized)
 BY_GGML_TYPE = {q.ggml_type: q for q in QTYPES.values()}

@@ -9,7 +9,7 @@ intrinsics, see nojit.py) and gives the same results, slowly: for debugging on t
 """
 from .f16 import f16_to_f32
 from .matmul import (matvec_f32, matmul_f32, matvec_f16, matmul_f16,
-                     embed_f32, embed_f16, dequant_rows_f16)
+                     embed_f32, embed_f16, dequant_rows_f16, matmul_bf16, embed_bf16)
 from .norm import rmsnorm, layernorm
 from .rope import rope_inplace, rope_2d_inplace
 from .attention import attention
@@ -23,7 +23,7 @@ from .nojit import JIT
 
 __all__ = [
     "f16_to_f32", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16",
-    "embed_f32", "embed_f16", "dequant_rows_f16", "rmsnorm", "rope_inplace", "attention", "swiglu",
+    "embed_f32", "embed_f16", "dequant_rows_f16", "matmul_bf16", "embed_bf16", "rmsnorm", "rope_inplace", "attention", "swiglu",
     "layernorm", "rope_2d_inplace", "gelu_tanh",
     "quantize_act", "matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0",
     "dequant_row_q4", "dequant_row_q8_0", "embed_q4", "embed_q8_0",

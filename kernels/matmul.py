@@ -64,6 +64,39 @@ def matmul_f16(out, row_buf, x, w):
                 out[t, i] = acc
 
 
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def matmul_bf16(out, row_buf, x, w):
+    """w [n_out, n_in] bfloat16 bits (uint16), T >= 1 tokens. A bfloat16 is the top half of a
+    float32, so each weight row is widened exactly (bits << 16) into row_buf [n_chunks, n_in]
+    float32 scratch, once, and reused for all T tokens."""
+    n_tok = x.shape[0]
+    n_out, n_in = w.shape
+    n_chunks = row_buf.shape[0]
+    rows_per_chunk = (n_out + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        buf = row_buf[c]
+        bits = buf.view(np.uint32)
+        r1 = min(n_out, (c + 1) * rows_per_chunk)
+        for i in range(c * rows_per_chunk, r1):
+            for j in range(n_in):
+                bits[j] = np.uint32(w[i, j]) << np.uint32(16)
+            for t in range(n_tok):
+                acc = np.float32(0.0)
+                for j in range(n_in):
+                    acc += buf[j] * x[t, j]
+                out[t, i] = acc
+
+
+@njit(cache=True)
+def embed_bf16(out, table, ids):
+    n = table.shape[1]
+    for t in range(ids.shape[0]):
+        row = ids[t]
+        bits = out[t].view(np.uint32)
+        for j in range(n):
+            bits[j] = np.uint32(table[row, j]) << np.uint32(16)
+
+
 @njit(cache=True)
 def embed_f32(out, table, ids):
     for t in range(ids.shape[0]):

@@ -129,3 +129,20 @@ def test_family_override_must_agree(tmp_path):
         convert(golden("glm4-hf-tiny"), str(tmp_path / "m.glmq"), family="glm4-0414", progress=False)
     with pytest.raises(UnsupportedError, match="unsupported: model_type 'llama'"):
         convert(_with_config(tmp_path, "glm4-hf-tiny", model_type="llama"), str(tmp_path / "m.glmq"), progress=False)
+
+
+@pytest.mark.parametrize("case", ["glm-edge-tiny-bf16", "glm4-0414-tiny-bf16-sharded"])
+def test_bf16_storage_keeps_a_bf16_checkpoint_exactly(case, converted):
+    """--dtype bf16 on a bfloat16 checkpoint stores its bits unchanged (no rounding at all), and
+    the forward then matches the official logits as closely as f32 does."""
+    from glmcpu.convert.hf import Checkpoint
+    from glmcpu.file import ModelFile
+    path = converted(case, "bf16")
+    down = Checkpoint(golden(case)).tensors["model.layers.0.mlp.down_proj.weight"]
+    assert down.st_dtype == "BF16"
+    np.testing.assert_array_equal(ModelFile(path).tensor("blk.0.ffn_down.weight"), down.raw())
+    e = np.load(os.path.join(golden(case), "expected.npz"))
+    prefill, steps = _run(glmcpu.load(path), e)
+    assert max_rel(prefill, e["prefill_logits"]) <= TOL["f32"]
+    for i in range(len(e["decode_ids"])):
+        assert max_rel(steps[i], e["decode_logits"][i]) <= TOL["f32"], f"decode step {i}"

@@ -9,7 +9,7 @@ from glmcpu import qtypes
 from glmcpu.errors import GlmcpuError
 
 RNG = np.random.default_rng(7)
-GGML = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}
+GGML = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}
 
 
 def rows(n, k):
