@@ -81,9 +81,10 @@ class Source:
     ``rows_f32(r0, r1)`` and ``ggml_type`` (None for float checkpoints; a GGUF tensor's type,
     with ``ggml_rows(r0, r1)`` giving its raw ggml blocks)."""
 
-    def __init__(self, src, family, config, params, tokenizer, template, tensors, inputs=()):
+    def __init__(self, src, family, config, params, tokenizer, template, tensors, inputs=(), kind="hf"):
         self.src, self.family, self.config, self.params = src, family, config, params
         self.tokenizer, self.template, self.tensors, self.inputs = tokenizer, template, tensors, inputs
+        self.kind = kind  # "hf" (float checkpoint) or "gguf" (tensors keep their type unless --dtype)
 
 
 class HFTensor:
@@ -182,8 +183,7 @@ def convert(src, out, dtype=None, family=None, tokenizer=None, progress=None, lo
     for p in source.inputs:
         if os.path.abspath(p) == out:
             raise GlmcpuError(f"{out}: output would overwrite an input file")
-    keep = source.tensors and source.tensors[0][1].ggml_type is not None
-    dtype = dtype or (None if keep else "f16")
+    dtype = dtype or (None if source.kind == "gguf" else "f16")
     qtype = qtypes.get(dtype) if dtype else None
     q_embd = qtypes.get(embedding_dtype) if embedding_dtype else qtype
     q_out = qtypes.get(output_dtype) if output_dtype else qtype

@@ -39,6 +39,16 @@ def cmd_convert(args):
     print(f"wrote {args.output}: {len(rows)} tensors, {_fmt_bytes(total)} in {dt:.1f}s")
 
 
+def cmd_export(args):
+    from glmcpu.convert.gguf_export import export
+    t0 = time.perf_counter()
+    rows = export(args.file, args.output, progress=None if not args.quiet else False)
+    if not args.quiet:
+        print(_table([(n, "x".join(map(str, s)), q, f"{b:,}") for n, s, q, b in rows], ("name", "shape", "type", "bytes")))
+    print(f"wrote {args.output}: {len(rows)} tensors, {_fmt_bytes(os.path.getsize(args.output))} "
+          f"in {time.perf_counter() - t0:.1f}s")
+
+
 def cmd_info(args):
     from glmcpu.file import ModelFile
     mf = ModelFile(args.file)
@@ -278,6 +288,12 @@ def build_parser():
     c.add_argument("--tokenizer", help="tokenizer file to store in the file (default: the one in SRC)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
     c.set_defaults(func=cmd_convert)
+
+    e = sub.add_parser("export", help="write a glmcpu file as GGUF (llama.cpp, Ollama), the same tensor bits")
+    e.add_argument("file", help="model file made by glmcpu convert")
+    e.add_argument("-o", "--output", required=True, help="output file (suggested extension: .gguf)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar or tensor table")
+    e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="print a model file's metadata and tensors")
     i.add_argument("file")

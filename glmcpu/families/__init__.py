@@ -19,6 +19,9 @@ A family module says everything glmcpu knows about one release line:
   make_tokenizer(info, data) -> Tokenizer   from the tokenizer entry stored in the model file
   chat_prompt(tok, messages, tools, parse_special, template) -> prompt ids
   STOP_TOKENS     names of special tokens that end a reply, besides the eos ids
+  GGUF_ARCH       llama.cpp's architecture name for it (None: llama.cpp cannot run it)
+  GGUF_TENSORS    {our name: llama.cpp tensor name, or a list concatenated along rows}
+  recognise_gguf(g) -> bool   a GGUF of this family (g: arch, tokenizer_model, tokens, tensors)
 
 Callers ask this registry (``get``, ``detect``), never ``if family == ...``.
 """
@@ -92,6 +95,25 @@ def detect(config, src=None, override=None):
     raise GlmcpuError(
         f"cannot tell {' from '.join(maybe)} from config.json (no _name_or_path hint, no tokenizer_config.json); "
         f"pass {' or '.join('--family ' + n for n in maybe)}")
+
+
+def detect_gguf(g, override=None):
+    """The family of a GGUF file (``g``: arch, tokenizer_model, tokens, tensors; --family overrides)."""
+    archs = sorted({f.GGUF_ARCH for f in FAMILIES.values() if f.GGUF_ARCH})
+    if g["arch"] not in archs:
+        raise UnsupportedError(f"unsupported: GGUF architecture {g['arch']!r}; glmcpu reads "
+                               f"{', '.join(repr(a) for a in archs)} GGUF files (the GLM family)")
+    if override is not None:
+        if override not in FAMILIES:
+            raise GlmcpuError(f"unknown family {override!r}; choose one of {', '.join(FAMILIES)}")
+        if FAMILIES[override].GGUF_ARCH != g["arch"]:
+            raise GlmcpuError(f"this GGUF is llama.cpp architecture {g['arch']!r}, not a {FAMILIES[override].TITLE} model")
+        return FAMILIES[override]
+    found = [f for f in FAMILIES.values() if f.recognise_gguf(g)]
+    if len(found) != 1:
+        raise GlmcpuError(f"cannot tell which GLM family this {g['arch']!r} GGUF is (tokenizer {g['tokenizer_model']!r}); "
+                          f"pass --family ({', '.join(n for n, f in FAMILIES.items() if f.GGUF_ARCH == g['arch'])})")
+    return found[0]
 
 
 

@@ -34,11 +34,16 @@ UNSUPPORTED_TENSORS = chatglm2.UNSUPPORTED_TENSORS
 TOKENIZER_FILES = ("ice_text.model",)
 TOKENIZER_KIND = "sentencepiece"
 STOP_TOKENS = ("<eop>",)
+GGUF_ARCH = GGUF_TENSORS = None  # llama.cpp has no ChatGLM-6B (v1) architecture
 row_permutation = chatglm2.row_permutation  # per-head [q|k|v] rows -> [all q | all k | all v]
 
 
 def recognise(config, hints):
     return chatglm2.is_v1(config)
+
+
+def recognise_gguf(g):
+    return False
 
 
 def tied(config):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from glmcpu.errors import GlmcpuError, UnsupportedError
-from glmcpu.families.common import config_bool, config_int, config_number, config_token_id, is_base_model, name_hint
+from glmcpu.families.common import GGUF_TENSORS_FUSED, config_bool, config_int, config_number, config_token_id, is_base_model, name_hint
 
 NAME = "chatglm2"
 TITLE = "ChatGLM2-6B"
@@ -35,6 +35,7 @@ UNSUPPORTED_TENSORS = {"prefix_encoder": "P-tuning v2 prefix encoder"}
 TOKENIZER_FILES = ("tokenizer.model",)
 TOKENIZER_KIND = "sentencepiece"
 STOP_TOKENS = ()
+GGUF_ARCH, GGUF_TENSORS = "chatglm", GGUF_TENSORS_FUSED
 
 
 def is_v1(config):
@@ -45,6 +46,11 @@ def is_v1(config):
 def recognise(config, hints):
     """True/False/None for the three families of this layout; ``NAME`` is the one asked about."""
     return recognise_as(NAME, config, hints)
+
+
+def recognise_gguf(g):
+    """A GGUF (``g``: arch, tokenizer_model, tokens, tensors) of ChatGLM2: SentencePiece, no role tokens."""
+    return g["arch"] == GGUF_ARCH and g["tokenizer_model"] == "llama" and "<|user|>" not in g["tokens"]
 
 
 def recognise_as(name, config, hints):

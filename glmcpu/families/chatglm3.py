@@ -12,11 +12,17 @@ TENSORS, IGNORED, UNSUPPORTED_TENSORS = chatglm2.TENSORS, chatglm2.IGNORED, chat
 TOKENIZER_FILES = ("tokenizer.model",)
 TOKENIZER_KIND = "sentencepiece"
 STOP_TOKENS = ("<|user|>", "<|observation|>")
+GGUF_ARCH, GGUF_TENSORS = chatglm2.GGUF_ARCH, chatglm2.GGUF_TENSORS
 row_permutation = chatglm2.row_permutation
 
 
 def recognise(config, hints):
     return chatglm2.recognise_as(NAME, config, hints)
+
+
+def recognise_gguf(g):
+    """SentencePiece with the role tokens (llama.cpp's set_vocab_chatglm3)."""
+    return g["arch"] == GGUF_ARCH and g["tokenizer_model"] == "llama" and "<|user|>" in g["tokens"]
 
 
 def rope_scaling(rope_ratio):

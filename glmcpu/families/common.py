@@ -6,6 +6,26 @@ from glmcpu.errors import GlmcpuError
 
 REQUIRED = object()
 
+# llama.cpp's GGUF tensor names (llama-arch.cpp, LLM_ARCH_CHATGLM / LLM_ARCH_GLM4) for our names,
+# as its convert_hf_to_gguf.py writes them: the same as ours but for the fused [gate | up] matrix,
+# which it calls ffn_up. A list means rows concatenated (separate q, k, v of the HF-native layouts).
+GGUF_TENSORS_FUSED = {
+    "token_embd.weight": "token_embd.weight",
+    "blk.{i}.attn_norm.weight": "blk.{i}.attn_norm.weight",
+    "blk.{i}.attn_qkv.weight": "blk.{i}.attn_qkv.weight",
+    "blk.{i}.attn_qkv.bias": "blk.{i}.attn_qkv.bias",
+    "blk.{i}.attn_output.weight": "blk.{i}.attn_output.weight",
+    "blk.{i}.ffn_norm.weight": "blk.{i}.ffn_norm.weight",
+    "blk.{i}.ffn_up_gate.weight": "blk.{i}.ffn_up.weight",
+    "blk.{i}.ffn_down.weight": "blk.{i}.ffn_down.weight",
+    "output_norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+}
+GGUF_TENSORS_SPLIT = dict(GGUF_TENSORS_FUSED, **{
+    "blk.{i}.attn_qkv.weight": ["blk.{i}.attn_q.weight", "blk.{i}.attn_k.weight", "blk.{i}.attn_v.weight"],
+    "blk.{i}.attn_qkv.bias": ["blk.{i}.attn_q.bias", "blk.{i}.attn_k.bias", "blk.{i}.attn_v.bias"],
+})
+
 
 def config_int(config, key, default=REQUIRED, minimum=1):
     """config.json's integer ``key`` (``default`` when absent): a clear error for any other type

@@ -9,7 +9,7 @@ chat format: the jinja ``chat_template`` stored from ``tokenizer_config.json``.
 import json
 
 from glmcpu.errors import GlmcpuError, UnsupportedError
-from glmcpu.families.common import REQUIRED, config_int, config_number, config_token_id, is_base_model
+from glmcpu.families.common import GGUF_TENSORS_SPLIT, REQUIRED, config_int, config_number, config_token_id, is_base_model
 
 NAME = "glm"
 TITLE = "GlmForCausalLM (glm-4-9b-chat-hf, GLM-Edge)"
@@ -36,6 +36,7 @@ UNSUPPORTED_TENSORS = {}
 TOKENIZER_FILES = ("tokenizer.json",)
 TOKENIZER_KIND = "tokenizers"
 STOP_TOKENS = ("<|user|>", "<|observation|>")
+GGUF_ARCH, GGUF_TENSORS = "chatglm", GGUF_TENSORS_SPLIT  # llama.cpp writes GlmForCausalLM as "chatglm"
 
 # transformers' GlmConfig defaults, used for keys a config leaves out
 DEFAULTS = {"head_dim": 128, "partial_rotary_factor": 0.5, "rope_theta": 10000.0, "rms_norm_eps": 1.5625e-07,
@@ -51,6 +52,11 @@ def split_rows(name, params):
 
 def recognise(config, hints):
     return config.get("model_type") == "glm"
+
+
+def recognise_gguf(g):
+    """Byte-level BPE with separate q/k/v (llama.cpp's ChatGLMModel for GlmForCausalLM)."""
+    return g["arch"] == GGUF_ARCH and g["tokenizer_model"] == "gpt2" and "blk.0.attn_q.weight" in g["tensors"]
 
 
 def tied(config):

@@ -14,11 +14,17 @@ TENSORS, IGNORED, UNSUPPORTED_TENSORS = chatglm2.TENSORS, chatglm2.IGNORED, chat
 TOKENIZER_FILES = ("tokenizer.model",)
 TOKENIZER_KIND = "tiktoken"
 STOP_TOKENS = ("<|user|>", "<|observation|>")
+GGUF_ARCH, GGUF_TENSORS = chatglm2.GGUF_ARCH, chatglm2.GGUF_TENSORS
 row_permutation = chatglm2.row_permutation
 
 
 def recognise(config, hints):
     return chatglm2.recognise_as(NAME, config, hints)
+
+
+def recognise_gguf(g):
+    """Byte-level BPE with the remote-code layout's fused QKV (older llama.cpp GLM-4-9B-chat files)."""
+    return g["arch"] == GGUF_ARCH and g["tokenizer_model"] == "gpt2" and "blk.0.attn_qkv.weight" in g["tensors"]
 
 
 def params(config):

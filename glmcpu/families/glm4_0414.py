@@ -16,12 +16,21 @@ TENSORS = dict(glm.TENSORS, **{
     "blk.{i}.ffn_post_norm.weight": glm.LAYER + "post_mlp_layernorm.weight",
 })
 IGNORED, UNSUPPORTED_TENSORS = glm.IGNORED, glm.UNSUPPORTED_TENSORS
+GGUF_ARCH = "glm4"  # llama.cpp's Glm4Model
+GGUF_TENSORS = dict(glm.GGUF_TENSORS, **{
+    "blk.{i}.attn_post_norm.weight": "blk.{i}.post_attention_norm.weight",
+    "blk.{i}.ffn_post_norm.weight": "blk.{i}.post_ffw_norm.weight",
+})
 TOKENIZER_FILES, TOKENIZER_KIND, STOP_TOKENS = glm.TOKENIZER_FILES, glm.TOKENIZER_KIND, glm.STOP_TOKENS
 tied, split_rows, make_tokenizer, chat_prompt = glm.tied, glm.split_rows, glm.make_tokenizer, glm.chat_prompt
 
 
 def recognise(config, hints):
     return config.get("model_type") == "glm4"
+
+
+def recognise_gguf(g):
+    return g["arch"] == GGUF_ARCH
 
 
 def params(config):
