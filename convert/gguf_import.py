@@ -13,10 +13,10 @@ import hashlib
 
 import numpy as np
 
-from glmcpu import families, kquants, models, qtypes
+from glmcpu import families, models, qtypes
 from glmcpu.errors import GlmcpuError, UnsupportedError
 from glmcpu.families.common import is_base_model, layer_pattern
-from . import gguf_tokenizer
+from . import ggml_dequant, gguf_tokenizer
 from .gguf_file import GGUFFile
 
 class GGUFTensor:
@@ -33,16 +33,16 @@ class GGUFTensor:
         return self._f.data(self._info)[r0:r1]
 
     def rows_f32(self, r0=None, r1=None):
-        """Dequantized rows: through the registry (F32, F16, BF16, Q8_0, Q4_0, Q4_1) or the K-quant
-        reference (Q4_K, Q5_K, Q6_K); other types are refused naming the tensor."""
+        """Dequantized rows: through the registry (F32, F16, BF16, Q8_0, Q4_0, Q4_1) or
+        convert/ggml_dequant.py (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K); other types are refused naming the tensor."""
         raw, cols = self.ggml_rows(r0, r1), self.shape[-1]
         q = qtypes.BY_GGML_TYPE.get(self.ggml_type)
-        kname = self.ggml_type_name[:-1].lower() + "K"  # ggml's "Q4_K" is kquants' "q4_K"
         if q is not None:
             shape = (raw.shape[0], cols) if len(self.shape) == 2 else self.shape
             x = q.dequantize(dict(zip(q.storage, q.from_ggml(raw, shape))), shape)
-        elif self.ggml_type_name.endswith("_K") and kname in kquants.DEQUANTIZE:
-            x = kquants.DEQUANTIZE[kname](raw, cols)
+        elif self.ggml_type_name in ggml_dequant.DEQUANTIZE:
+            with np.errstate(all="ignore"):
+                x = ggml_dequant.DEQUANTIZE[self.ggml_type_name](raw, cols)
         else:
             raise GlmcpuError(f"{self.path}: tensor {self.name!r} is {self.ggml_type_name}, which glmcpu cannot "
                               f"dequantize either")
