@@ -31,6 +31,10 @@ class CompletionResult:
         self.tool_calls = None
         self.prefill_s = 0.0
         self.decode_s = 0.0
+        # with request.logprobs: one entry per generated token whose text is in ``text``: {"id", "token"
+        # (the text it adds to the reply, "" while it is part of a character), "logprob", "offset" (where
+        # that text starts in ``text``), "top": [(id, the id decoded alone, logprob)]}
+        self.logprobs = None
 
     def usage(self):
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -40,7 +44,7 @@ class CompletionResult:
 
 class GenerationRequest:
     def __init__(self, prompt_ids, params=None, stop=(), reuse_cache=True, presence_penalty=0.0,
-                 frequency_penalty=0.0):
+                 frequency_penalty=0.0, logprobs=None):
         if not prompt_ids:
             raise GlmcpuError("empty prompt")
         stop = [stop] if isinstance(stop, str) else list(stop or ())
@@ -55,7 +59,12 @@ class GenerationRequest:
                 raise GlmcpuError(f"{name} must be in [-2, 2], got {v}")
         # OpenAI's definition: logit[t] -= presence * (count[t] > 0) + frequency * count[t], over the reply
         self.presence_penalty, self.frequency_penalty = float(presence_penalty), float(frequency_penalty)
+        if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
+            raise GlmcpuError(f"logprobs (the number of most likely tokens to report) must be 0..20, got {logprobs!r}")
+        self.logprobs = logprobs  # None: no log-probabilities; n: the chosen token's and the n most likely
         self.result = CompletionResult()
+        if logprobs is not None:
+            self.result.logprobs = []
 
 
 class StopMatcher:
@@ -137,12 +146,19 @@ def run(model, request, cancelled=None):
             if nxt in stops:
                 res.finish_reason = "stop"
                 break
+            entry = None
+            if request.logprobs is not None:
+                entry = _logprob_entry(tok, logits, nxt, request.logprobs, len(dec.emitted))
             seen.append(nxt)
             gen.append(nxt)
             if penalized:
                 counts[nxt] = counts.get(nxt, 0) + 1
             res.completion_tokens += 1
-            piece = matcher.feed(dec.push(nxt))
+            text = dec.push(nxt)
+            if entry is not None:  # the token's text: what it adds to the decoded reply ("" for part of a character)
+                entry["token"] = text
+                res.logprobs.append(entry)
+            piece = matcher.feed(text)
             if piece:
                 out.append(piece)
                 yield piece
@@ -167,7 +183,23 @@ def run(model, request, cancelled=None):
         res.raw_text = raw[:min(cuts)] if cuts else raw
     finally:
         res.text = "".join(out)
+        if res.logprobs:  # the tokens of a cut stop string are not part of the reply
+            res.logprobs = [e for e in res.logprobs if e["offset"] < len(res.text)]
         res.decode_s = time.perf_counter() - t0 - res.prefill_s
+
+
+def _logprob_entry(tok, logits, chosen, n_top, offset):
+    """The log-probability of ``chosen`` and of the ``n_top`` most likely tokens under the
+    distribution the sampler drew from before temperature and top-p (the model's logits, with the
+    presence / frequency penalties applied), in float64."""
+    x = logits.astype(np.float64)
+    lp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+    top = []
+    if n_top:
+        idx = np.argpartition(-lp, n_top - 1)[:n_top]
+        idx = idx[np.lexsort((idx, -lp[idx]))]                   # most likely first, ties by id
+        top = [(int(i), tok.decode([int(i)]), float(lp[i])) for i in idx]
+    return {"id": int(chosen), "token": None, "logprob": float(lp[chosen]), "offset": offset, "top": top}
 
 
 def _penalize(logits, counts, presence, frequency):

@@ -256,7 +256,7 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise APIError(400, "stop takes up to 4 non-empty strings", param="stop")
-        for name in ("logprobs", "echo", "response_format"):  # not implemented yet: refuse, never ignore
+        for name in ("echo", "response_format"):  # not implemented yet: refuse, never ignore
             value = getattr(body, name, None)
             if value not in (None, False, 0) and not (name == "response_format" and value.get("type") == "text"):
                 raise APIError(400, f"{name} is not supported by this server yet", param=name,
@@ -271,9 +271,30 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
         params = SamplingParams(max_new_tokens=min(max_new or left, left), temperature=t, top_p=p, seed=seed)
         return params, stop
 
-    def request_for(body, ids, params, stop):
+    def top_logprobs(body, chat):
+        """None (no logprobs) or how many most likely tokens to report with each token."""
+        if chat:
+            n = body.top_logprobs
+            if n is not None and not 0 <= n <= 20:
+                raise APIError(400, f"top_logprobs must be 0..20, got {n}", param="top_logprobs")
+            if body.logprobs is not True:
+                if body.logprobs not in (None, False):
+                    raise APIError(400, "logprobs is true or false for chat completions", param="logprobs")
+                if n:
+                    raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+                return None
+            return n or 0
+        if body.logprobs is None:
+            return None
+        if isinstance(body.logprobs, bool) or not 0 <= body.logprobs <= 5:
+            raise APIError(400, f"logprobs must be an integer 0..5 for completions, got {body.logprobs!r}",
+                           param="logprobs")
+        return body.logprobs
+
+    def request_for(body, ids, params, stop, chat):
         return GenerationRequest(ids, params, stop, presence_penalty=float(body.presence_penalty or 0),
-                                 frequency_penalty=float(body.frequency_penalty or 0))
+                                 frequency_penalty=float(body.frequency_penalty or 0),
+                                 logprobs=top_logprobs(body, chat))
 
     def prompt_error(e, param):
         msg = str(e)
@@ -302,7 +323,7 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
             raise prompt_error(e, "messages") from None
         max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params, stop = sampling(body, len(ids), max_new)
-        return await respond(request, body, request_for(body, ids, params, stop), chat=True, tools=tools)
+        return await respond(request, body, request_for(body, ids, params, stop, True), chat=True, tools=tools)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -321,7 +342,7 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
                 raise APIError(400, f"token id {bad[0]} is out of range for vocab_size {model.vocab_size}",
                                param="prompt")
         params, stop = sampling(body, len(ids), body.max_tokens)
-        return await respond(request, body, request_for(body, ids, params, stop), chat=False, tools=None)
+        return await respond(request, body, request_for(body, ids, params, stop, False), chat=False, tools=None)
 
     async def respond(request, body, req, chat, tools):
         sched = scheduler()
@@ -494,41 +515,91 @@ def _parse_tools(res, tools, family):
     return res.text, None
 
 
+def _token_bytes(text):
+    return None if "\ufffd" in text else list(text.encode("utf-8"))  # part of a character: no bytes of its own
+
+
+def _chat_logprobs(entries):
+    """OpenAI's choice.logprobs for chat: {"content": [...], "refusal": None}, or None."""
+    if entries is None:
+        return None
+    return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": _token_bytes(e["token"]),
+                         "top_logprobs": [{"token": t, "logprob": lp, "bytes": _token_bytes(t)}
+                                          for _, t, lp in e["top"]]} for e in entries],
+            "refusal": None}
+
+
+def _completion_logprobs(entries, base=0):
+    """The legacy completions logprobs: parallel lists of tokens, their logprobs, the top
+    alternatives ({token: logprob}) and the text offsets."""
+    if entries is None:
+        return None
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t: lp for _, t, lp in e["top"]} for e in entries],
+            "text_offset": [base + e["offset"] for e in entries]}
+
+
 def _chat_body(cid, name, res, tools, family):
     content, calls = _parse_tools(res, tools, family)
     message = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = calls
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
+            "choices": [{"index": 0, "message": message, "logprobs": None if calls else _chat_logprobs(res.logprobs),
                          "finish_reason": "tool_calls" if calls else _finish(res.finish_reason)}],
             "usage": res.usage()}
 
 
 def _completion_body(cid, name, res):
     return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "text": res.text, "logprobs": None,
+            "choices": [{"index": 0, "text": res.text, "logprobs": _completion_logprobs(res.logprobs),
                          "finish_reason": _finish(res.finish_reason)}],
             "usage": res.usage()}
 
 
+class _LogprobFeed:
+    """Hands out, with each streamed piece, the log-probabilities of the tokens whose text starts
+    in the text sent so far (the worker appends them to request.result.logprobs as it goes)."""
+
+    def __init__(self, request):
+        self.request, self.sent, self.length = request, 0, 0
+
+    def take(self, piece):
+        self.length += len(piece)
+        entries = self.request.result.logprobs
+        if entries is None:
+            return None
+        new = []
+        while self.sent < len(entries) and entries[self.sent]["offset"] < self.length:
+            new.append(entries[self.sent])
+            self.sent += 1
+        return new
+
+    def rest(self):
+        """After the request ended: what is left of the final (stop-cut) list."""
+        entries = self.request.result.logprobs
+        return None if entries is None else entries[self.sent:]
+
+
 async def _chat_stream(job, cid, name, include_usage, tools, family):
     created = int(time.time())
+    feed = _LogprobFeed(job.request)
 
-    def chunk(delta, finish=None):
+    def chunk(delta, finish=None, entries=None):
         return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+                     "choices": [{"index": 0, "delta": delta, "logprobs": _chat_logprobs(entries),
+                                  "finish_reason": finish}]})
 
     yield chunk({"role": "assistant", "content": ""})
     held, streaming = "", not tools
     async for piece in job.pieces():
         if streaming:
-            yield chunk({"content": piece})
+            yield chunk({"content": piece}, entries=feed.take(piece))
             continue
         held += piece  # with tools: hold the text while it may still be a tool call
         if not toolcalls.tool_call_possible(family, held, tools):
             streaming = True
-            yield chunk({"content": held})
+            yield chunk({"content": held}, entries=feed.take(held))
     try:
         res = await job.done
     except GlmcpuError as e:
@@ -544,7 +615,10 @@ async def _chat_stream(job, cid, name, include_usage, tools, family):
                                          "function": {"name": c["function"]["name"], "arguments": ""}}]})
             yield chunk({"tool_calls": [{"index": i, "function": {"arguments": c["function"]["arguments"]}}]})
     elif not streaming and held:
-        yield chunk({"content": res.text})
+        yield chunk({"content": res.text}, entries=feed.take(res.text))
+    rest = None if calls else feed.rest()
+    if rest:
+        yield chunk({"content": ""}, entries=rest)
     yield chunk({}, "tool_calls" if calls else _finish(res.finish_reason))
     if include_usage:
         yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
@@ -554,19 +628,24 @@ async def _chat_stream(job, cid, name, include_usage, tools, family):
 
 async def _completion_stream(job, cid, name, include_usage, tools, family):
     created = int(time.time())
+    feed = _LogprobFeed(job.request)
 
-    def chunk(text, finish=None):
+    def chunk(text, finish=None, entries=None):
         return _sse({"id": cid, "object": "text_completion", "created": created, "model": name,
-                     "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]})
+                     "choices": [{"index": 0, "text": text, "logprobs": _completion_logprobs(entries),
+                                  "finish_reason": finish}]})
 
     async for piece in job.pieces():
-        yield chunk(piece)
+        yield chunk(piece, entries=feed.take(piece))
     try:
         res = await job.done
     except GlmcpuError as e:
         yield _sse(error_body(str(e)))
         yield "data: [DONE]\n\n"
         return
+    rest = feed.rest()
+    if rest:
+        yield chunk("", entries=rest)
     yield chunk("", _finish(res.finish_reason))
     if include_usage:
         yield _sse({"id": cid, "object": "text_completion", "created": created, "model": name,

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -217,14 +218,74 @@ def test_bad_requests_400(demo, body, param):
 
 
 def test_unsupported_options_are_refused_not_ignored(demo):
-    for extra, param in [({"response_format": {"type": "json_object"}}, "response_format"),
-                         ({"logprobs": True}, "logprobs")]:
+    for extra, param in [({"response_format": {"type": "json_object"}}, "response_format")]:
         r = demo.http.post("/v1/chat/completions", json=dict(model=NAME, messages=POEM, **extra))
         assert_error(r, 400, param=param, code="unsupported_parameter")
     r = demo.http.post("/v1/completions", json=dict(model=NAME, prompt="a", echo=True))
     assert_error(r, 400, param="echo")
     r = chat(demo, response_format={"type": "text"}, max_tokens=2, temperature=0)  # the default is fine
     assert r.usage.completion_tokens <= 2
+
+
+def _reference_logprobs(model, prompt_ids, generated):
+    """log_softmax (float64) of the logits one forward pass over prompt + reply gives, at the
+    positions that predicted each generated token: the independent reference."""
+    model.reset()
+    logits = model.forward(list(prompt_ids) + list(generated[:-1]))[len(prompt_ids) - 1:]
+    model.reset()
+    x = logits.astype(np.float64)
+    return x - (x.max(axis=1, keepdims=True) + np.log(np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)))
+
+
+def test_chat_logprobs_are_the_model_log_probabilities(demo):
+    r = chat(demo, logprobs=True, top_logprobs=3, temperature=0, max_tokens=12)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens and content
+    assert "".join(e.token for e in content) == r.choices[0].message.content
+    model = glmcpu.load(glmcpu.demo_model_path(), n_ctx=256)
+    prompt = model.chat_prompt(POEM)
+    gen = [e["id"] for e in demo_last_logprobs(demo, prompt, 12)]
+    ref = _reference_logprobs(model, prompt, gen)
+    for i, e in enumerate(content):
+        assert abs(e.logprob - ref[i, gen[i]]) < 1e-3, i
+        assert len(e.top_logprobs) == 3 and abs(e.top_logprobs[0].logprob - e.logprob) < 1e-12  # greedy: the best
+        best = np.argsort(-ref[i], kind="stable")[:3]
+        assert [abs(t.logprob - ref[i, j]) < 1e-3 for t, j in zip(e.top_logprobs, best)] == [True] * 3
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+        assert e.bytes == list(e.token.encode())
+
+
+def demo_last_logprobs(demo, prompt, n):
+    """The ids of a greedy reply of ``n`` tokens, through the same request path the server uses."""
+    req = GenerationRequest(prompt, SamplingParams(max_new_tokens=n, temperature=0), logprobs=0)
+    for _ in run(demo.model, req):
+        pass
+    return req.result.logprobs
+
+
+def test_streamed_logprobs_equal_the_whole_reply(demo):
+    kw = dict(logprobs=True, top_logprobs=2, temperature=0.8, seed=5, max_tokens=16)
+    full = chat(demo, **kw).choices[0].logprobs.content
+    chunks, text = stream_chat(demo, **kw)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob, [t.token for t in e.top_logprobs]) for e in streamed] == \
+        [(e.token, e.logprob, [t.token for t in e.top_logprobs]) for e in full]
+    assert "".join(e.token for e in streamed) == text
+    plain = chat(demo, temperature=0, max_tokens=3)
+    assert plain.choices[0].logprobs is None  # none unless asked
+
+
+def test_completion_logprobs_and_bad_values(demo):
+    r = demo.client.completions.create(model=NAME, prompt="床前明月光", max_tokens=10, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and len(lp.tokens) == r.usage.completion_tokens
+    assert all(len(t) == 2 and max(t.values()) >= v - 1e-9 for t, v in zip(lp.top_logprobs, lp.token_logprobs))
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    for path, extra, param in [("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+                               ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+                               ("/v1/completions", {"logprobs": 6}, "logprobs")]:
+        body = dict(model=NAME, **extra, **({"messages": POEM} if "chat" in path else {"prompt": "a"}))
+        assert_error(demo.http.post(path, json=body), 400, param=param)
 
 
 def test_sampling_options(demo):
@@ -404,6 +465,8 @@ def test_tool_call_reply_becomes_tool_calls():
 class FakeJob:
     def __init__(self, pieces, res):
         self._pieces, self.loop = pieces, asyncio.get_running_loop()
+        self.request = GenerationRequest([1], SamplingParams())  # no logprobs asked
+        self.request.result = res
         self.done = self.loop.create_future()
         self.done.set_result(res)
 
