@@ -35,6 +35,7 @@ class CompletionResult:
         # (the text it adds to the reply, "" while it is part of a character), "logprob", "offset" (where
         # that text starts in ``text``), "top": [(id, the id decoded alone, logprob)]}
         self.logprobs = None
+        self.prompt_logprobs = None  # the same for the prompt's tokens (the first has none: logprob None)
 
     def usage(self):
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -44,7 +45,7 @@ class CompletionResult:
 
 class GenerationRequest:
     def __init__(self, prompt_ids, params=None, stop=(), reuse_cache=True, presence_penalty=0.0,
-                 frequency_penalty=0.0, logprobs=None):
+                 frequency_penalty=0.0, logprobs=None, prompt_logprobs=False):
         if not prompt_ids:
             raise GlmcpuError("empty prompt")
         stop = [stop] if isinstance(stop, str) else list(stop or ())
@@ -62,6 +63,8 @@ class GenerationRequest:
         if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
             raise GlmcpuError(f"logprobs (the number of most likely tokens to report) must be 0..20, got {logprobs!r}")
         self.logprobs = logprobs  # None: no log-probabilities; n: the chosen token's and the n most likely
+        self.prompt_logprobs = bool(prompt_logprobs) and logprobs is not None  # also for the prompt (echo)
+        self.echo = None  # completions echo: the prompt text the reply is shown after (the server's)
         self.result = CompletionResult()
         if logprobs is not None:
             self.result.logprobs = []
@@ -116,7 +119,7 @@ def run(model, request, cancelled=None):
     stops = stop_ids(tok, model.config.eos_token_ids)
     sampler, dec, matcher = Sampler(params), StreamDecoder(tok), StopMatcher(request.stop)
     keep = 0
-    if request.reuse_cache and model.arch.reuse_cache:
+    if request.reuse_cache and model.arch.reuse_cache and not request.prompt_logprobs:
         while keep < min(len(ids) - 1, len(model.tokens)) and model.tokens[keep] == ids[keep]:
             keep += 1
     if keep:
@@ -130,7 +133,12 @@ def run(model, request, cancelled=None):
         if cancelled and cancelled():
             res.finish_reason = "cancelled"
             return
-        logits = model.forward(ids[keep:], all_logits=False)[0]
+        if request.prompt_logprobs:  # every prompt position's logits (the cache was not reused)
+            every = model.forward(ids, all_logits=True)
+            res.prompt_logprobs = _prompt_logprobs(tok, every, ids, request.logprobs)
+            logits = every[-1]
+        else:
+            logits = model.forward(ids[keep:], all_logits=False)[0]
         res.prefill_s = time.perf_counter() - t0
         seen, gen = list(ids), []
         penalized = request.presence_penalty != 0 or request.frequency_penalty != 0
@@ -200,6 +208,21 @@ def _logprob_entry(tok, logits, chosen, n_top, offset):
         idx = idx[np.lexsort((idx, -lp[idx]))]                   # most likely first, ties by id
         top = [(int(i), tok.decode([int(i)]), float(lp[i])) for i in idx]
     return {"id": int(chosen), "token": None, "logprob": float(lp[chosen]), "offset": offset, "top": top}
+
+
+def _prompt_logprobs(tok, logits, ids, n_top):
+    """Entries as for the reply, for prompt token i from the logits at position i - 1 (the first
+    token has no logprob); token texts and offsets are those of the decoded prompt."""
+    dec, out = StreamDecoder(tok), []
+    for i, t in enumerate(ids):
+        if i == 0:
+            entry = {"id": int(t), "token": None, "logprob": None, "offset": 0, "top": []}
+        else:
+            entry = _logprob_entry(tok, logits[i - 1], t, n_top, len(dec.emitted))
+        entry["offset"] = len(dec.emitted)
+        entry["token"] = dec.push(t)
+        out.append(entry)
+    return out
 
 
 def _penalize(logits, counts, presence, frequency):

@@ -256,7 +256,7 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise APIError(400, "stop takes up to 4 non-empty strings", param="stop")
-        for name in ("echo", "response_format"):  # not implemented yet: refuse, never ignore
+        for name in ("response_format",):  # not implemented yet: refuse, never ignore
             value = getattr(body, name, None)
             if value not in (None, False, 0) and not (name == "response_format" and value.get("type") == "text"):
                 raise APIError(400, f"{name} is not supported by this server yet", param=name,
@@ -294,7 +294,7 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
     def request_for(body, ids, params, stop, chat):
         return GenerationRequest(ids, params, stop, presence_penalty=float(body.presence_penalty or 0),
                                  frequency_penalty=float(body.frequency_penalty or 0),
-                                 logprobs=top_logprobs(body, chat))
+                                 logprobs=top_logprobs(body, chat), prompt_logprobs=getattr(body, "echo", False))
 
     def prompt_error(e, param):
         msg = str(e)
@@ -342,7 +342,11 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
                 raise APIError(400, f"token id {bad[0]} is out of range for vocab_size {model.vocab_size}",
                                param="prompt")
         params, stop = sampling(body, len(ids), body.max_tokens)
-        return await respond(request, body, request_for(body, ids, params, stop, False), chat=False, tools=None)
+        req = request_for(body, ids, params, stop, False)
+        # echo: the reply starts with the prompt (as sent; a token prompt as its decoded text)
+        req.echo = (body.prompt if isinstance(body.prompt, str) else tok.decode(ids, skip_special_tokens=True)) \
+            if body.echo else None
+        return await respond(request, body, req, chat=False, tools=None)
 
     async def respond(request, body, req, chat, tools):
         sched = scheduler()
@@ -368,7 +372,7 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
             watcher.cancel()
         request.state.tokens = (res.prompt_tokens, res.completion_tokens)
         return JSONResponse(_chat_body(cid, model_name, res, tools, model.family) if chat
-                            else _completion_body(cid, model_name, res))
+                            else _completion_body(cid, model_name, res, req.echo))
 
     return app
 
@@ -550,9 +554,13 @@ def _chat_body(cid, name, res, tools, family):
             "usage": res.usage()}
 
 
-def _completion_body(cid, name, res):
+def _completion_body(cid, name, res, echo=None):
+    lp = _completion_logprobs(res.logprobs)
+    if echo is not None and lp is not None:  # the prompt's tokens first, offsets into the echoed text
+        head = _completion_logprobs(res.prompt_logprobs)
+        lp = {k: head[k] + (lp[k] if k != "text_offset" else [len(echo) + o for o in lp[k]]) for k in lp}
     return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "text": res.text, "logprobs": _completion_logprobs(res.logprobs),
+            "choices": [{"index": 0, "text": (echo or "") + res.text, "logprobs": lp,
                          "finish_reason": _finish(res.finish_reason)}],
             "usage": res.usage()}
 
@@ -630,12 +638,24 @@ async def _completion_stream(job, cid, name, include_usage, tools, family):
     created = int(time.time())
     feed = _LogprobFeed(job.request)
 
-    def chunk(text, finish=None, entries=None):
+    echo = job.request.echo
+    base = len(echo) if echo else 0
+
+    def chunk(text, finish=None, entries=None, offset=base):
         return _sse({"id": cid, "object": "text_completion", "created": created, "model": name,
-                     "choices": [{"index": 0, "text": text, "logprobs": _completion_logprobs(entries),
+                     "choices": [{"index": 0, "text": text, "logprobs": _completion_logprobs(entries, offset),
                                   "finish_reason": finish}]})
 
+    def echo_chunk():  # the prompt first; its logprobs exist once the prefill has run
+        return chunk(echo, entries=job.request.result.prompt_logprobs, offset=0)
+
+    if echo and job.request.logprobs is None:
+        yield echo_chunk()
+        echo = None
     async for piece in job.pieces():
+        if echo:
+            yield echo_chunk()
+            echo = None
         yield chunk(piece, entries=feed.take(piece))
     try:
         res = await job.done
@@ -643,6 +663,8 @@ async def _completion_stream(job, cid, name, include_usage, tools, family):
         yield _sse(error_body(str(e)))
         yield "data: [DONE]\n\n"
         return
+    if echo:
+        yield echo_chunk()
     rest = feed.rest()
     if rest:
         yield chunk("", entries=rest)

@@ -221,8 +221,6 @@ def test_unsupported_options_are_refused_not_ignored(demo):
     for extra, param in [({"response_format": {"type": "json_object"}}, "response_format")]:
         r = demo.http.post("/v1/chat/completions", json=dict(model=NAME, messages=POEM, **extra))
         assert_error(r, 400, param=param, code="unsupported_parameter")
-    r = demo.http.post("/v1/completions", json=dict(model=NAME, prompt="a", echo=True))
-    assert_error(r, 400, param="echo")
     r = chat(demo, response_format={"type": "text"}, max_tokens=2, temperature=0)  # the default is fine
     assert r.usage.completion_tokens <= 2
 
@@ -286,6 +284,33 @@ def test_completion_logprobs_and_bad_values(demo):
                                ("/v1/completions", {"logprobs": 6}, "logprobs")]:
         body = dict(model=NAME, **extra, **({"messages": POEM} if "chat" in path else {"prompt": "a"}))
         assert_error(demo.http.post(path, json=body), 400, param=param)
+
+
+def test_completion_echo_with_and_without_logprobs(demo):
+    prompt = "床前明月光"
+    plain = demo.client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0)
+    echo = demo.client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0, echo=True)
+    assert echo.choices[0].text == prompt + plain.choices[0].text
+    assert echo.usage.completion_tokens == plain.usage.completion_tokens
+    streamed = demo.client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0, echo=True,
+                                              stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == echo.choices[0].text
+    r = demo.client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0, echo=True, logprobs=1)
+    lp = r.choices[0].logprobs
+    ids = demo.model.tokenizer.encode(prompt, add_special_tokens=True)
+    n_prompt = len(ids)
+    assert lp.token_logprobs[0] is None and len(lp.tokens) == n_prompt + r.usage.completion_tokens
+    assert "".join(lp.tokens[n_prompt:]) == plain.choices[0].text
+    assert lp.text_offset == sorted(lp.text_offset)
+    model = glmcpu.load(glmcpu.demo_model_path(), n_ctx=256)  # the prompt's logprobs: one forward pass
+    x = model.forward(ids).astype(np.float64)
+    ref = x - (x.max(axis=1, keepdims=True) + np.log(np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True)))
+    for i in range(1, n_prompt):
+        assert abs(lp.token_logprobs[i] - ref[i - 1, ids[i]]) < 1e-4, i
+    s = list(demo.client.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0, echo=True,
+                                            logprobs=1, stream=True))
+    assert [t for c in s if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == lp.tokens
+    assert "".join(c.choices[0].text for c in s if c.choices) == r.choices[0].text
 
 
 def test_sampling_options(demo):
