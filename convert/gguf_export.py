@@ -90,6 +90,12 @@ def export(src, out, progress=None, log=None):
                           f"--tokenizer-dir DIR")
     keys = gguf_tokenizer.to_gguf(family.NAME, tok["filename"], mf.tokenizer_bytes(), tok.get("config"),
                                   mf.meta.get("chat_template") or None, a.n_vocab, model_config=mf.hf_config)
+    written = {v for k, v, t in keys if k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")}
+    extra = [e for e in a.eos_token_ids if e not in written]
+    if extra and not any(k == "tokenizer.ggml.eom_token_id" for k, v, t in keys):
+        # a third stop id (GLM's <|observation|>, which ends a tool call) as llama.cpp's end-of-message
+        # token, so llama.cpp stops there too and an import gets the same stop ids back
+        keys.append(("tokenizer.ggml.eom_token_id", extra[0], F.UINT32))
     w = F.GGUFWriter(family.GGUF_ARCH)
     _model_keys(w, mf, family, a)
     gguf_tokenizer.write_keys(w, keys)

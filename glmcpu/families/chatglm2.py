@@ -141,6 +141,7 @@ def layout_params(config, rope):
         "rope_base": rope_base,
         "rope_pos_scale": rope_pos_scale,
         "qkv_bias": config_bool(config, "add_qkv_bias", False),
+        "post_norms": False,
         "seq_length": config_int(config, "seq_length", 2048),
         "eos_token_ids": eos_list(config, 2),
         "pad_token_id": config_token_id(config, "pad_token_id"),
