@@ -135,7 +135,7 @@ def validate(kinds, n_ranges):
             q, d, *m = qt.quantize(w, gs)                      # row-major reference: quants, scales[, mins]
             m = m[0] if m else None
             arrays = tuple(qt.encode(w, "w", gs))              # the stored (tiled) parts
-            if kind != "q8_0" and not qt.has_min:
+            if not qt.has_min:  # the Runner takes (quants, scales, mins), mins empty without them
                 arrays += (np.zeros((0, 0, 0), np.uint16),)
             r = Runner(kind, arrays, n, k, T, n_ranges)
             r.x[:] = x
