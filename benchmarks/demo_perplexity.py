@@ -50,7 +50,7 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = None
-        for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in qtypes.QUANTIZED for g in (32, 128)]:
+        for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in qtypes.GROUPED for g in (32, 128)]:
             path = os.path.join(tmp, f"{dtype}-{gs}.glmq")
             convert(args.ckpt, path, dtype=dtype, group_size=gs, progress=False)
             ppl, n = entry_perplexity(glmcpu.load(path, n_ctx=512), entries)

@@ -40,7 +40,7 @@ def main(argv=None):
             ids = np.concatenate([e["prompt_ids"], e["decode_ids"]])
             T = len(e["prompt_ids"])
             official = np.concatenate([e["prefill_logits"], e["decode_logits"]])
-            for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in qtypes.QUANTIZED for g in (32, 128)]:
+            for dtype, gs in [("f32", 32), ("f16", 32)] + [(q, g) for q in qtypes.GROUPED for g in (32, 128)]:
                 path = os.path.join(tmp, f"{case}-{dtype}-{gs}.glmq")
                 convert(src, path, dtype=dtype, group_size=gs, progress=False)
                 fast = run(path, ids, T, "fast")

@@ -19,7 +19,8 @@ from . import gguf_file as F
 from . import gguf_tokenizer
 from .writer import check_output_path
 
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32}  # llama_ftype: the weights' main type
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32, "q4_k": 15, "q5_k": 17,
+              "q6_k": 18}  # llama_ftype: q4_k / q5_k name the _M mixes (LLAMA_FTYPE_MOSTLY_Q4_K_M, Q5_K_M)  # llama_ftype: the weights' main type
 
 
 def _gguf_names(family, ours):
@@ -35,7 +36,7 @@ def _tensors(mf, family, args):
         info = mf.tensor_types[ours]
         q = qtypes.get(info["type"])
         gs = info.get("group_size")
-        if q.quantized and gs != 32:
+        if q.grouped and gs != 32:
             raise GlmcpuError(f"{mf.path}: {ours} is {q.name} with group size {gs}; GGUF's {q.name.upper()} blocks "
                               f"hold 32 values per scale. Convert again with --group-size 32 to export it")
         names = _gguf_names(family, ours)

@@ -13,6 +13,7 @@ from glmcpu.progress import Progress
 from glmcpu import families, qtypes
 from glmcpu.qtypes import QTYPES, TILE_ROWS, pick_group_size
 from .hf import Checkpoint, to_f32
+from .mixes import MIXES, mix_type
 from .plan import plan_tensors
 from .writer import Part, write_file, check_output_path
 
@@ -149,8 +150,11 @@ def _choose_type(name, reader, q, group_size, log):
             raise GlmcpuError(f"{reader.path}: tensor {reader.name!r} is {reader.ggml_type_name}, which glmcpu "
                               f"cannot store; pass --dtype (e.g. q8_0 or f16) to requantize it from its "
                               f"dequantized values")
-        return kept, (32 if kept.quantized else None)
-    if q.row_align == 1:
+        return kept, (32 if kept.grouped else None)
+    if not q.grouped:
+        if not qtypes.fits(q, reader.shape[1]):  # K-quants: rows of whole 256-value super-blocks
+            log(f"note: {name} has rows of {reader.shape[1]} values, not a multiple of 256: q8_0 instead of {q.name}")
+            return _choose_type(name, reader, QTYPES["q8_0"], group_size, log)
         return q, None
     gs = pick_group_size(reader.shape[1], group_size)
     if gs is None:
@@ -172,7 +176,8 @@ def convert(src, out, dtype=None, family=None, tokenizer=None, progress=None, lo
     128 for the quantized types; a tensor whose row length it does not divide uses the largest
     smaller group size that does, or f16 if none does (a note is logged either way).
     """
-    for d in (dtype, embedding_dtype, output_dtype):
+    mix = dtype if dtype in MIXES else None
+    for d in (None if mix else dtype, embedding_dtype, output_dtype):
         if d is not None:
             qtypes.get(d)
     if group_size not in (32, 64, 128):
@@ -184,14 +189,20 @@ def convert(src, out, dtype=None, family=None, tokenizer=None, progress=None, lo
         if os.path.abspath(p) == out:
             raise GlmcpuError(f"{out}: output would overwrite an input file")
     dtype = dtype or (None if source.kind == "gguf" else "f16")
-    qtype = qtypes.get(dtype) if dtype else None
+    qtype = qtypes.get(dtype) if dtype and not mix else None
     q_embd = qtypes.get(embedding_dtype) if embedding_dtype else qtype
     q_out = qtypes.get(output_dtype) if output_dtype else qtype
 
     entries = []  # (name, reader, qtype, group size, [Part])
+    tied = families.is_tied(source.family, source.config) if source.kind == "hf" else False
     for name, reader in source.tensors:
-        q, gs = _choose_type(name, reader, {"token_embd.weight": q_embd, "output.weight": q_out}.get(name, qtype),
-                             group_size, log)
+        want = {"token_embd.weight": q_embd, "output.weight": q_out}.get(name, qtype)
+        if mix and len(reader.shape) == 2 and not (name in ("token_embd.weight", "output.weight") and want):
+            kind, note = mix_type(mix, name, reader.shape[1], source.params["n_layer"], tied)
+            if note:
+                log(note)
+            want = qtypes.get(kind)
+        q, gs = _choose_type(name, reader, want, group_size, log)
         spec = q.parts(reader.shape, gs)
         parts = [Part(name + suffix, st, shape) for suffix, role, st, shape in spec]
         entries.append((name, reader, q, gs, parts, {name + suffix: role for suffix, role, st, shape in spec}))
@@ -204,7 +215,7 @@ def convert(src, out, dtype=None, family=None, tokenizer=None, progress=None, lo
     kind = lambda n: next((q.name for name, r, q, gs, p, ro in matrices if name == n), None)  # noqa: E731
     quant = {"dtype": dtype or "as in the source", "norms_and_biases": "f32",
              "embedding": kind("token_embd.weight"), "output": kind("output.weight")}
-    if any(q.quantized for name, r, q, gs, p, ro in matrices):
+    if any(q.grouped for name, r, q, gs, p, ro in matrices):
         quant.update(group_size=group_size if dtype else 32, tile_rows=TILE_ROWS,
                      activations="int8 per 32 (fast kernels)")
     metadata = {

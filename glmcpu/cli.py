@@ -135,6 +135,7 @@ def cmd_verify(args):
 
 
 DTYPES = list(qtypes.NAMES)
+CONVERT_DTYPES = DTYPES + ["q4_k_m", "q5_k_m"]  # the K-quant mixes (convert/mixes.py)
 
 
 def _sampling(args):
@@ -274,11 +275,11 @@ def build_parser():
     c.add_argument("src", help="checkpoint directory (config.json + *.safetensors or pytorch_model*.bin), "
                                "or a GGUF file (llama.cpp / Ollama)")
     c.add_argument("-o", "--output", required=True, help="output file (suggested extension: .glmq)")
-    c.add_argument("--dtype", choices=DTYPES,
+    c.add_argument("--dtype", choices=CONVERT_DTYPES,
                    help="storage type of the weight matrices (default: f16 for a checkpoint; a GGUF file's "
                         "tensors keep their type, bit for bit); norms and biases stay f32")
     c.add_argument("--group-size", type=int, default=32, choices=[32, 64, 128],
-                   help=f"values per scale for {'/'.join(qtypes.QUANTIZED)} (default 32)")
+                   help=f"values per scale for {'/'.join(qtypes.GROUPED)} (default 32)")
     c.add_argument("--embedding-dtype", choices=DTYPES, help="type of the token embedding (default: --dtype)")
     c.add_argument("--output-dtype", choices=DTYPES, help="type of the output layer (default: --dtype)")
     c.add_argument("--family", choices=families.names(),

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import GlmcpuError
 from .quants import GROUP_SIZES, QK
-from .qtypes import QTYPES, QUANTIZED
+from .qtypes import GROUPED, QTYPES
 
 FORMAT_NAME = "glmcpu"
 FORMAT_VERSION = 1
@@ -295,7 +295,7 @@ class ModelFile(Mapped):
     def _check_quantization(self):
         """The tile height (None when no tensor is quantized); group_size and tile_rows checked."""
         q = self.quantization
-        quantized = any(isinstance(e, dict) and isinstance(e.get("type"), str) and e["type"] in QUANTIZED
+        quantized = any(isinstance(e, dict) and isinstance(e.get("type"), str) and e["type"] in GROUPED
                         for e in self.tensor_types.values())
         if "group_size" in q and not (_is_int(q["group_size"]) and q["group_size"] in GROUP_SIZES):
             self._fail(f"quantization group_size is {q['group_size']!r:.40}, not one of {GROUP_SIZES}")
@@ -325,8 +325,12 @@ class ModelFile(Mapped):
         want = {name + suffix: role for role, (suffix, dt) in q.storage.items()}
         if parts != want:
             self._fail(f"tensor {name!r} ({t}) has parts {parts!r:.120}, expected {want}")
-        if q.quantized:
+        if q.grouped:
             phys = self._quantized_shapes(name, q, shape, entry.get("group_size"), tile_rows)
+        elif q.quantized:  # K-quants: rows of whole 256-value super-blocks
+            if len(shape) != 2 or shape[1] % 256:
+                self._fail(f"{q.name} tensor {name!r} has shape {shape}; rows must be a multiple of 256 long")
+            phys = q.part_shapes(shape, None, None)
         else:
             phys = q.part_shapes(shape, None, None)
         for role, (suffix, dt) in q.storage.items():

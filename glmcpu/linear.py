@@ -57,6 +57,23 @@ class Workspace:
                                if self.avx2 else None)
         return self._act[n_in]
 
+    def kquant(self, n_in):
+        """For the K-quant Linears (allocated at load, when the first asks): per-range row scratch
+        (rq, rd, rdm, rm) and views [chunk, ...] of the q8_K activations of width n_in (aq, ad, asum)."""
+        if not hasattr(self, "rq"):
+            n, (c, m) = self.n_ranges, self.xq.shape
+            self.rq = np.zeros((n, m), np.int32)
+            self.rd = np.zeros((n, m // 256), np.float32)
+            self.rdm = np.zeros((n, m // 256), np.float32)
+            self.rm = np.zeros((n, m // 16), np.int32)
+            self.kd = np.zeros((c, m // 256), np.float32)
+            self.ksum = np.zeros((c, m // 16), np.int32)
+        c = self.xq.shape[0]
+        return ((self.rq, self.rd, self.rdm, self.rm),
+                (self.xq.reshape(-1)[: c * n_in].reshape(c, n_in),
+                 self.kd.reshape(-1)[: c * (n_in // 256)].reshape(c, n_in // 256),
+                 self.ksum.reshape(-1)[: c * (n_in // 16)].reshape(c, n_in // 16)))
+
     def nbytes(self):
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
@@ -110,6 +127,30 @@ class LinearBF16:
 
     def dequantize(self):
         return (self.w.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+class LinearKQuant:
+    """q4_k / q5_k / q6_k: ggml's rows (w [n_out, n_in / 256 * block bytes]), q8_K activations."""
+
+    def __init__(self, qtype, kind, w, ws):
+        self.type, self.kind, self.w = qtype, kind, w
+        self.n_out = w.shape[0]
+        self.n_in = w.shape[1] // {4: 144, 5: 176, 6: 210}[kind] * 256
+        self.scratch, (self.aq, self.ad, self.asum) = ws.kquant(self.n_in)
+
+    def __call__(self, out, x):
+        T = x.shape[0]
+        aq, ad, asum = self.aq[:T], self.ad[:T], self.asum[:T]
+        K.quantize_q8_K(aq, ad, asum, x)
+        K.matmul_kquant(out, *self.scratch, self.w, aq, ad, asum, self.kind)
+
+    def embed(self, out, ids):
+        K.dequant_rows_kquant(out, self.w, ids, self.kind)
+
+    def dequantize(self):
+        out = np.empty((self.n_out, self.n_in), np.float32)
+        K.dequant_rows_kquant(out, self.w, np.arange(self.n_out), self.kind)
+        return out
 
 
 class LinearQ4:
@@ -182,7 +223,8 @@ class LinearQ8_0:
 
 class LinearReference:
     """numpy reference: for quantized types glmcpu.quants.matmul_ref on the untiled (ggml row
-    order) arrays, which the fast kernels must equal bit for bit; float64 products otherwise."""
+    order) arrays, or for the K-quants ggml's generic dot on q8_K activations (glmcpu.kquants),
+    which the fast kernels must equal bit for bit; float64 products otherwise."""
 
     def __init__(self, lin):
         self.type = "reference"
@@ -196,9 +238,15 @@ class LinearReference:
             self.m = Q.untile(lin.m[:, :, None, :], n).view(np.float16) if self.kind == "q4_1" else None
             self.gs = self.n_in // self.d.shape[1]
 
+        if isinstance(lin, LinearKQuant):
+            self.blocks, self.kq = lin.w, "q%d_K" % lin.kind
+
     def __call__(self, out, x):
         if self.kind in ("q4_0", "q4_1", "q8_0"):
             out[:] = Q.matmul_ref(self.kind, self.q, self.d, self.m, self.gs, x)
+        elif self.kind in ("q4_k", "q5_k", "q6_k"):
+            from glmcpu import kquants
+            out[:] = kquants.VEC_DOT[self.kq](np.asarray(self.blocks), kquants.quantize_q8_K(x))
         else:
             out[:] = (x.astype(np.float64) @ self.w.astype(np.float64).T).astype(np.float32)
 
@@ -228,7 +276,7 @@ def make_linear(mf, name, shape, ws, mode="fast"):
                           f"(upgrade glmcpu)")
     try:
         parts = {role: _part(mf, name, role, info) for role in q.storage}
-        want = q.part_shapes(shape, info.get("group_size"), ws.acc1.shape[1]) if q.quantized else q.part_shapes(shape, None, None)
+        want = q.part_shapes(shape, info.get("group_size"), ws.acc1.shape[1]) if q.grouped else q.part_shapes(shape, None, None)
         for role, a in parts.items():
             if a.shape != want[role]:
                 raise GlmcpuError(f"{mf.path}: corrupted file: part {role!r} of {name!r} has shape {a.shape}, "

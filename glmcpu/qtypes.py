@@ -21,6 +21,7 @@ TILE_ROWS = 128  # rows interleaved per tile in the quantized layouts (docs/FORM
 
 class QType:
     name = None
+    grouped = False     # stored in groups of gs values, row-tiled (q8_0, q4_0, q4_1)
     bits = None         # nominal bits per weight at group size 32, for reports
     row_align = 1       # blocks of rows handed to encode() are multiples of this
     quantized = False
@@ -149,6 +150,7 @@ class _Grouped(QType):
     {f16 d; [f16 m;] quants}."""
     row_align = TILE_ROWS
     quantized = True
+    grouped = True  # a group size (32/64/128) and the tile height apply
     per = None        # bytes per 32-element sub-block
     qdtype = None     # numpy dtype of the quant bytes
     has_min = False
@@ -247,9 +249,59 @@ class Q4_1(_Q4):
     reference_dequantize = staticmethod(Q.dequantize_q4_1)
 
 
-QTYPES = {q.name: q for q in (F32(), F16(), BF16(), Q8_0(), Q4_0(), Q4_1())}
+class _KQuant(QType):
+    """ggml's K-quants (glmcpu/kquants.py: the byte layouts and reference quantizers): 256-value
+    super-blocks, stored as ggml's rows exactly (one part, uint8 [n, k/256 * block bytes]), run by
+    kernels/kquant.py on q8_K activations. Rows must be a multiple of 256 long."""
+    quantized = True
+    kind = None  # kquants' name, "q4_K"
+
+    @property
+    def storage(self):
+        return {"blocks": ("", "U8")}
+
+    def part_shapes(self, shape, gs, tile_rows):
+        n, k = shape
+        return {"blocks": (n, k // 256 * self.ggml_block[1])}
+
+    def encode(self, rows, name, gs):
+        from glmcpu import kquants
+        b = kquants.QUANTIZE[self.kind](rows)
+        if not np.isfinite(kquants.DEQUANTIZE[self.kind](b, rows.shape[1])).all():
+            raise GlmcpuError(f"tensor {name!r}: a super-block scale overflows float16; use --dtype f32 or f16")
+        return [b]
+
+    def dequantize(self, parts, shape):
+        from glmcpu import kquants
+        return kquants.DEQUANTIZE[self.kind](np.asarray(parts["blocks"]), shape[1])
+
+    def linear(self, parts, shape, ws):
+        from glmcpu.linear import LinearKQuant
+        return LinearKQuant(self.name, int(self.name[1]), parts["blocks"], ws)
+
+    def from_ggml(self, raw, shape):
+        return [np.ascontiguousarray(raw)]
+
+    def to_ggml(self, parts, shape, gs):
+        return np.ascontiguousarray(parts["blocks"])
+
+
+class Q4_K(_KQuant):
+    name, kind, bits, ggml_type, ggml_block = "q4_k", "q4_K", 4.5, 12, (256, 144)
+
+
+class Q5_K(_KQuant):
+    name, kind, bits, ggml_type, ggml_block = "q5_k", "q5_K", 5.5, 13, (256, 176)
+
+
+class Q6_K(_KQuant):
+    name, kind, bits, ggml_type, ggml_block = "q6_k", "q6_K", 6.5625, 14, (256, 210)
+
+
+QTYPES = {q.name: q for q in (F32(), F16(), BF16(), Q8_0(), Q4_0(), Q4_1(), Q4_K(), Q5_K(), Q6_K())}
 NAMES = tuple(QTYPES)
 QUANTIZED = tuple(n for n, q in QTYPES.items() if q.quantized)
+GROUPED = tuple(n for n, q in QTYPES.items() if q.grouped)
 BY_GGML_TYPE = {q.ggml_type: q for q in QTYPES.values()}
 
 
@@ -259,6 +311,11 @@ def get(name):
         return QTYPES[name]
     except (KeyError, TypeError):
         raise GlmcpuError(f"unknown dtype {name!r}; choose one of {', '.join(QTYPES)}") from None
+
+
+def fits(q, cols):
+    """Whether rows of ``cols`` values can be stored as ``q`` (whole blocks)."""
+    return cols % (256 if isinstance(q, _KQuant) else (32 if q.grouped else 1)) == 0
 
 
 def pick_group_size(cols, gs):

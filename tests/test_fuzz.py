@@ -453,7 +453,7 @@ MODEL_REGRESSIONS = [
     ("architecture a list (was TypeError: unhashable)", "model-f16",
      lambda s: _model(s, _meta_json("params", _set("arch", ["chatglm"]))), "architecture"),
     ("unknown storage type", "model-f16",
-     lambda s: _model(s, _meta_json("tensors", _tensor_field("output.weight", "type", "q5_k"))), "upgrade glmcpu"),
+     lambda s: _model(s, _meta_json("tensors", _tensor_field("output.weight", "type", "q3_k"))), "upgrade glmcpu"),
     ("data section not 64-byte aligned", "model-f16", lambda s: F.pack(s.header, s.data, 8) if
      (8 + len(json.dumps(s.header, separators=(",", ":")))) % 64 else F.pack(s.header, s.data, 16), "multiple of 64"),
 ]

@@ -10,6 +10,7 @@ from glmcpu.errors import GlmcpuError
 
 RNG = np.random.default_rng(7)
 GGML = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}
+KQUANTS = {"q4_k": T.Q4_K, "q5_k": T.Q5_K, "q6_k": T.Q6_K}  # gguf.quants cannot quantize these
 
 
 def rows(n, k):
@@ -21,11 +22,12 @@ def rows(n, k):
 
 
 def test_registry_covers_the_ggml_types():
-    assert set(qtypes.NAMES) == set(GGML)
+    assert set(qtypes.NAMES) == set(GGML) | set(KQUANTS)
     for name, q in qtypes.QTYPES.items():
-        assert q.ggml_type == int(GGML[name]), name
+        t = GGML.get(name, KQUANTS.get(name))
+        assert q.ggml_type == int(t), name
         el, nbytes = q.ggml_block
-        assert (el, nbytes) == G.GGML_QUANT_SIZES[GGML[name]], name
+        assert (el, nbytes) == G.GGML_QUANT_SIZES[t], name
         assert qtypes.BY_GGML_TYPE[q.ggml_type] is q
 
 
@@ -47,6 +49,20 @@ def test_ggml_blocks_both_ways(name, n):
         assert back[role].dtype == ours[role].dtype, role
     np.testing.assert_array_equal(q.dequantize(ours, x.shape),
                                   G.dequantize(theirs, GGML[name]).astype(np.float32).reshape(x.shape))
+
+
+@pytest.mark.parametrize("name", list(KQUANTS))
+def test_kquant_entries_are_ggml_rows(name):
+    """A K-quant's part is ggml's rows themselves: both mappings are the identity, and its
+    dequantize equals the gguf package's."""
+    q = qtypes.get(name)
+    x = rows(8, 512)
+    (blocks,) = q.encode(x, "w", None)
+    assert blocks.shape == (8, 2 * q.ggml_block[1]) and blocks.dtype == np.uint8
+    np.testing.assert_array_equal(q.to_ggml({"blocks": blocks}, x.shape, None), blocks)
+    np.testing.assert_array_equal(q.from_ggml(blocks, x.shape)[0], blocks)
+    np.testing.assert_array_equal(q.dequantize({"blocks": blocks}, x.shape),
+                                  G.dequantize(blocks, KQUANTS[name]).astype(np.float32).reshape(x.shape))
 
 
 @pytest.mark.parametrize("name", ["q8_0", "q4_0", "q4_1"])

@@ -1,0 +1,197 @@
+"""Kernels for the K-quant types q4_K, q5_K, q6_K (ggml's block layouts, glmcpu/kquants.py).
+
+Weights are ggml's rows as they are: w [n_out, n_in / 256 * block bytes] uint8. Activations are
+quantized per 256-block to q8_K (``quantize_q8_K``: int8 values, a float32 scale, int32 sums of
+16) and each dot product is ggml's generic K-quant dot (``ggml_vec_dot_<type>_q8_K_generic``):
+per super-block eight exact integer lane sums aux[l] (lane l holds elements l, l + 8, ...), then
+in float32, one operation at a time, sums[l] += (d * d8) * aux[l] and, for q4_K / q5_K,
+sumf -= (dmin * d8) * sumi; at the end sumf += sums[0] ... sums[7]. No fastmath (a fused
+multiply-add would change bits): these equal glmcpu.kquants.vec_dot_* bit for bit.
+
+matmul_*: out [T, n_out] for T >= 1 tokens, parallel over ranges of rows; each weight row is
+unpacked once into per-range scratch (q * sub-block scale as int32, and per super-block d, dmin
+and the minimums) and reused for every token. Scratch (first axis: range): rq [n, K] int32,
+rd [n, K/256] float32, rdm [n, K/256] float32, rm [n, K/256 * 16] int32.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .f16 import f16_to_f32
+
+QK_K = 256
+
+
+@njit(cache=True, parallel=True)  # no fastmath: must equal glmcpu.kquants bit for bit
+def quantize_q8_K(aq, ad, asum, x):
+    """x [T, K] float32 -> aq [T, K] int8, ad [T, K/256] float32, asum [T, K/16] int32 (ggml's
+    quantize_row_q8_K_ref: d = max / -127 with max the signed value of the first largest |x|,
+    q = min(127, round-half-even(x * (-127 / max))); an all-zero block is d = 0, q = 0)."""
+    T, K = x.shape
+    for t in prange(T):
+        for b in range(K // QK_K):
+            o = b * QK_K
+            amax = np.float32(0.0)
+            vmax = np.float32(0.0)
+            for j in range(QK_K):
+                a = abs(x[t, o + j])
+                if a > amax:
+                    amax = a
+                    vmax = x[t, o + j]
+            if amax == 0:
+                ad[t, b] = np.float32(0.0)
+                for j in range(QK_K):
+                    aq[t, o + j] = 0
+                for g in range(16):
+                    asum[t, b * 16 + g] = 0
+                continue
+            iscale = np.float32(np.float32(-127.0) / vmax)
+            for g in range(16):
+                s = np.int32(0)
+                for j in range(16):
+                    v = np.float32(iscale * x[t, o + g * 16 + j])
+                    q = np.int32(np.rint(v))
+                    if q > 127:
+                        q = 127
+                    aq[t, o + g * 16 + j] = np.int8(q)
+                    s += q
+                asum[t, b * 16 + g] = s
+            ad[t, b] = np.float32(np.float32(1.0) / iscale)
+
+
+@njit(cache=True, inline="always")
+def _f16_at(w, r, o):
+    return f16_to_f32(np.uint16(np.int32(w[r, o]) | (np.int32(w[r, o + 1]) << 8)))
+
+
+@njit(cache=True, inline="always")
+def _unpack_k45(rq, rd, rdm, rm, w, r, bpb, high_bits):
+    """Row r of q4_K (bpb 144) / q5_K (176): rq[e] = q_e * sc[sub-block of e], rd/rdm[i] = d/dmin,
+    rm[16 i + g] = the minimum of the sub-block holding 16-group g (ggml's m[g / 2])."""
+    nb = w.shape[1] // bpb
+    for i in range(nb):
+        o = i * bpb
+        rd[i] = _f16_at(w, r, o)
+        rdm[i] = _f16_at(w, r, o + 2)
+        for j in range(8):
+            if j < 4:
+                sc = np.int32(w[r, o + 4 + j] & 63)
+                mn = np.int32(w[r, o + 8 + j] & 63)
+            else:
+                sc = np.int32((w[r, o + 8 + j] & 15) | ((w[r, o + j] >> 6) << 4))
+                mn = np.int32((w[r, o + 8 + j] >> 4) | ((w[r, o + 4 + j] >> 6) << 4))
+            rm[16 * i + 2 * j] = mn
+            rm[16 * i + 2 * j + 1] = mn
+            shift = 4 * (j % 2)
+            qs = o + bpb - 128 + 32 * (j // 2)
+            for l in range(32):
+                v = np.int32((w[r, qs + l] >> shift) & 15)
+                if high_bits:
+                    v |= np.int32((w[r, o + 16 + l] >> j) & 1) << 4
+                rq[QK_K * i + 32 * j + l] = v * sc
+
+
+@njit(cache=True, inline="always")
+def _unpack_q6(rq, rd, w, r):
+    """Row r of q6_K: rq[e] = (q_e - 32) * scale[e / 16], rd[i] = d."""
+    nb = w.shape[1] // 210
+    for i in range(nb):
+        o = i * 210
+        rd[i] = _f16_at(w, r, o + 208)
+        for h in range(2):
+            for k in range(4):
+                for l in range(32):
+                    e = 128 * h + 32 * k + l
+                    lo = w[r, o + 64 * h + 32 * (k % 2) + l]
+                    low = np.int32(lo & 15) if k < 2 else np.int32(lo >> 4)
+                    high = np.int32((w[r, o + 128 + 32 * h + l] >> (2 * k)) & 3)
+                    sc = np.int32(np.int8(w[r, o + 192 + e // 16]))
+                    rq[QK_K * i + e] = ((low | (high << 4)) - 32) * sc
+
+
+@njit(cache=True, inline="always")
+def _dot_row(rq, rd, rdm, rm, aq, ad, asum, t, nb, with_min, aux, sums):
+    """The generic float part for one row (unpacked) and token t."""
+    sumf = np.float32(0.0)
+    for l in range(8):
+        sums[l] = np.float32(0.0)
+    for i in range(nb):
+        for l in range(8):
+            aux[l] = 0
+        for e in range(QK_K):
+            aux[e % 8] += rq[QK_K * i + e] * np.int32(aq[t, QK_K * i + e])
+        d = np.float32(rd[i] * ad[t, i])
+        for l in range(8):
+            sums[l] = np.float32(sums[l] + np.float32(d * np.float32(aux[l])))
+        if with_min:
+            sumi = np.int32(0)
+            for g in range(16):
+                sumi += asum[t, 16 * i + g] * rm[16 * i + g]
+            dmin = np.float32(rdm[i] * ad[t, i])
+            sumf = np.float32(sumf - np.float32(dmin * np.float32(sumi)))
+    for l in range(8):
+        sumf = np.float32(sumf + sums[l])
+    return sumf
+
+
+@njit(cache=True, parallel=True)  # no fastmath
+def matmul_kquant(out, rq, rd, rdm, rm, w, aq, ad, asum, kind):
+    """out [T, n_out] = each q4_K (kind 4) / q5_K (5) / q6_K (6) row of w dotted with each token's
+    q8_K activations (aq, ad, asum from quantize_q8_K), as ggml's generic dot."""
+    T = aq.shape[0]
+    n_out = w.shape[0]
+    bpb = 144 if kind == 4 else (176 if kind == 5 else 210)
+    nb = w.shape[1] // bpb
+    n_ranges = rq.shape[0]
+    per = (n_out + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        aux = np.zeros(8, np.int32)
+        sums = np.zeros(8, np.float32)
+        for r in range(c * per, min(n_out, (c + 1) * per)):
+            if kind == 6:
+                _unpack_q6(rq[c], rd[c], w, r)
+            else:
+                _unpack_k45(rq[c], rd[c], rdm[c], rm[c], w, r, bpb, kind == 5)
+            for t in range(T):
+                out[t, r] = _dot_row(rq[c], rd[c], rdm[c], rm[c], aq, ad, asum, t, nb, kind != 6, aux, sums)
+
+
+@njit(cache=True)  # no fastmath
+def dequant_rows_kquant(out, w, ids, kind):
+    """out [len(ids), K] float32 = rows ids of w dequantized as ggml's dequantize_row_<type>:
+    q4_K / q5_K (d * sc) * q - (dmin * m); q6_K (d * scale) * (q - 32)."""
+    bpb = 144 if kind == 4 else (176 if kind == 5 else 210)
+    nb = w.shape[1] // bpb
+    for n in range(ids.shape[0]):
+        r = ids[n]
+        for i in range(nb):
+            o = i * bpb
+            if kind == 6:
+                d = _f16_at(w, r, o + 208)
+                for h in range(2):
+                    for k in range(4):
+                        for l in range(32):
+                            e = 128 * h + 32 * k + l
+                            lo = w[r, o + 64 * h + 32 * (k % 2) + l]
+                            low = np.int32(lo & 15) if k < 2 else np.int32(lo >> 4)
+                            high = np.int32((w[r, o + 128 + 32 * h + l] >> (2 * k)) & 3)
+                            sc = np.float32(np.int8(w[r, o + 192 + e // 16]))
+                            out[n, QK_K * i + e] = np.float32(np.float32(d * sc) * np.float32((low | (high << 4)) - 32))
+                continue
+            d = _f16_at(w, r, o)
+            dmin = _f16_at(w, r, o + 2)
+            for j in range(8):
+                if j < 4:
+                    sc = np.int32(w[r, o + 4 + j] & 63)
+                    mn = np.int32(w[r, o + 8 + j] & 63)
+                else:
+                    sc = np.int32((w[r, o + 8 + j] & 15) | ((w[r, o + j] >> 6) << 4))
+                    mn = np.int32((w[r, o + 8 + j] >> 4) | ((w[r, o + 4 + j] >> 6) << 4))
+                d1 = np.float32(d * np.float32(sc))
+                m1 = np.float32(dmin * np.float32(mn))
+                shift = 4 * (j % 2)
+                qs = o + bpb - 128 + 32 * (j // 2)
+                for l in range(32):
+                    v = np.int32((w[r, qs + l] >> shift) & 15)
+                    if kind == 5:
+                        v |= np.int32((w[r, o + 16 + l] >> j) & 1) << 4
+                    out[n, QK_K * i + 32 * j + l] = np.float32(np.float32(d1 * np.float32(v)) - m1)
