@@ -51,7 +51,7 @@ def model_bits(dtype, family, config):
 def main():
     x = np.random.default_rng(0).standard_normal((512, 4096)).astype(np.float32)
     print("| type | bits/weight | rel. RMS error |\n|---|---|---|")
-    for name in ("q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "q8_0"):
+    for name in ("q4_0", "q4_1", "q4_k", "q5_0", "q5_k", "q6_k", "q8_0"):
         q = qtypes.get(name)
         el, nbytes = q.ggml_block
         print(f"| {name} | {8 * nbytes / el:.4g} | {rel_rms(name, x):.4f} |")

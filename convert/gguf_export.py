@@ -19,7 +19,7 @@ from . import gguf_file as F
 from . import gguf_tokenizer
 from .writer import check_output_path
 
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32, "q4_k": 15, "q5_k": 17,
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "bf16": 32, "q4_k": 15, "q5_k": 17,
               "q6_k": 18}  # llama_ftype: q4_k / q5_k name the _M mixes (LLAMA_FTYPE_MOSTLY_Q4_K_M, Q5_K_M)  # llama_ftype: the weights' main type
 
 

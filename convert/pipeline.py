@@ -153,7 +153,7 @@ def _choose_type(name, reader, q, group_size, log):
         return kept, (32 if kept.grouped else None)
     if not q.grouped:
         if not qtypes.fits(q, reader.shape[1]):  # K-quants: rows of whole 256-value super-blocks
-            log(f"note: {name} has rows of {reader.shape[1]} values, not a multiple of 256: q8_0 instead of {q.name}")
+            log(f"note: {name} has rows of {reader.shape[1]} values, not whole {q.name} blocks: q8_0 instead")
             return _choose_type(name, reader, QTYPES["q8_0"], group_size, log)
         return q, None
     gs = pick_group_size(reader.shape[1], group_size)

@@ -327,9 +327,10 @@ class ModelFile(Mapped):
             self._fail(f"tensor {name!r} ({t}) has parts {parts!r:.120}, expected {want}")
         if q.grouped:
             phys = self._quantized_shapes(name, q, shape, entry.get("group_size"), tile_rows)
-        elif q.quantized:  # K-quants: rows of whole 256-value super-blocks
-            if len(shape) != 2 or shape[1] % 256:
-                self._fail(f"{q.name} tensor {name!r} has shape {shape}; rows must be a multiple of 256 long")
+        elif q.quantized:  # ggml's rows (K-quants, q5_0): whole blocks
+            if len(shape) != 2 or shape[1] % q.ggml_block[0]:
+                self._fail(f"{q.name} tensor {name!r} has shape {shape}; rows must be a multiple of "
+                           f"{q.ggml_block[0]} long")
             phys = q.part_shapes(shape, None, None)
         else:
             phys = q.part_shapes(shape, None, None)

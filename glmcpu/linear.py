@@ -68,6 +68,7 @@ class Workspace:
             self.rm = np.zeros((n, m // 16), np.int32)
             self.kd = np.zeros((c, m // 256), np.float32)
             self.ksum = np.zeros((c, m // 16), np.int32)
+            self.rd32 = np.zeros((n, m // 32), np.float32)  # q5_0: a row's block scales
         c = self.xq.shape[0]
         return ((self.rq, self.rd, self.rdm, self.rm),
                 (self.xq.reshape(-1)[: c * n_in].reshape(c, n_in),
@@ -150,6 +151,32 @@ class LinearKQuant:
     def dequantize(self):
         out = np.empty((self.n_out, self.n_in), np.float32)
         K.dequant_rows_kquant(out, self.w, np.arange(self.n_out), self.kind)
+        return out
+
+
+class LinearQ5_0:
+    """q5_0: ggml's rows (w [n_out, n_in / 32 * 22]), the int8 activations of the other 32-block types."""
+    type = "q5_0"
+
+    def __init__(self, w, ws):
+        self.w, self.ws = w, ws
+        self.n_out, self.n_in = w.shape[0], w.shape[1] // 22 * 32
+        (self.rq, _, _, _), _ = ws.kquant(self.n_in)
+        self.rd = ws.rd32
+        self.xq, self.xd, self.xs, _ = ws.act(self.n_in)
+
+    def __call__(self, out, x):
+        T = x.shape[0]
+        xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
+        K.quantize_act(xq, xd, xs, x)
+        K.matmul_q5_0(out, self.rq, self.rd, self.w, xq, xd)
+
+    def embed(self, out, ids):
+        K.dequant_rows_q5_0(out, self.w, ids)
+
+    def dequantize(self):
+        out = np.empty((self.n_out, self.n_in), np.float32)
+        K.dequant_rows_q5_0(out, self.w, np.arange(self.n_out))
         return out
 
 
@@ -240,10 +267,14 @@ class LinearReference:
 
         if isinstance(lin, LinearKQuant):
             self.blocks, self.kq = lin.w, "q%d_K" % lin.kind
+        if isinstance(lin, LinearQ5_0):
+            self.blocks = lin.w
 
     def __call__(self, out, x):
         if self.kind in ("q4_0", "q4_1", "q8_0"):
             out[:] = Q.matmul_ref(self.kind, self.q, self.d, self.m, self.gs, x)
+        elif self.kind == "q5_0":
+            out[:] = Q.matmul_ref("q5_0", np.asarray(self.blocks), None, None, 32, x)
         elif self.kind in ("q4_k", "q5_k", "q6_k"):
             from glmcpu import kquants
             out[:] = kquants.VEC_DOT[self.kq](np.asarray(self.blocks), kquants.quantize_q8_K(x))

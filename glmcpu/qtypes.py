@@ -249,12 +249,10 @@ class Q4_1(_Q4):
     reference_dequantize = staticmethod(Q.dequantize_q4_1)
 
 
-class _KQuant(QType):
-    """ggml's K-quants (glmcpu/kquants.py: the byte layouts and reference quantizers): 256-value
-    super-blocks, stored as ggml's rows exactly (one part, uint8 [n, k/256 * block bytes]), run by
-    kernels/kquant.py on q8_K activations. Rows must be a multiple of 256 long."""
+class _GGMLRows(QType):
+    """A type stored as ggml's rows themselves (one part, uint8 [n, k / block values * block bytes]),
+    so GGUF import and export copy the bytes."""
     quantized = True
-    kind = None  # kquants' name, "q4_K"
 
     @property
     def storage(self):
@@ -262,7 +260,41 @@ class _KQuant(QType):
 
     def part_shapes(self, shape, gs, tile_rows):
         n, k = shape
-        return {"blocks": (n, k // 256 * self.ggml_block[1])}
+        el, nbytes = self.ggml_block
+        return {"blocks": (n, k // el * nbytes)}
+
+    def from_ggml(self, raw, shape):
+        return [np.ascontiguousarray(raw)]
+
+    def to_ggml(self, parts, shape, gs):
+        return np.ascontiguousarray(parts["blocks"])
+
+
+class Q5_0(_GGMLRows):
+    """ggml's q5_0 (32 values: f16 d, 32 high bits, 16 nibble bytes; (q - 16) * d), run like the
+    other 32-block types on int8 activations. It holds the rows llama.cpp's Q4_K_M mix cannot
+    store as q4_K (GLM's 13696-wide ffn_down)."""
+    name, bits, ggml_type, ggml_block = "q5_0", 5.5, 6, (32, 22)
+
+    def encode(self, rows, name, gs):
+        b = Q.quantize_q5_0(rows)
+        if not np.isfinite(Q.dequantize_q5_0(b, rows.shape[1])).all():
+            raise GlmcpuError(f"tensor {name!r}: a block scale overflows float16; use --dtype f32 or f16")
+        return [b]
+
+    def dequantize(self, parts, shape):
+        return Q.dequantize_q5_0(np.asarray(parts["blocks"]), shape[1])
+
+    def linear(self, parts, shape, ws):
+        from glmcpu.linear import LinearQ5_0
+        return LinearQ5_0(parts["blocks"], ws)
+
+
+class _KQuant(_GGMLRows):
+    """ggml's K-quants (glmcpu/kquants.py: the byte layouts and reference quantizers): 256-value
+    super-blocks, stored as ggml's rows exactly (one part, uint8 [n, k/256 * block bytes]), run by
+    kernels/kquant.py on q8_K activations. Rows must be a multiple of 256 long."""
+    kind = None  # kquants' name, "q4_K"
 
     def encode(self, rows, name, gs):
         from glmcpu import kquants
@@ -279,12 +311,6 @@ class _KQuant(QType):
         from glmcpu.linear import LinearKQuant
         return LinearKQuant(self.name, int(self.name[1]), parts["blocks"], ws)
 
-    def from_ggml(self, raw, shape):
-        return [np.ascontiguousarray(raw)]
-
-    def to_ggml(self, parts, shape, gs):
-        return np.ascontiguousarray(parts["blocks"])
-
 
 class Q4_K(_KQuant):
     name, kind, bits, ggml_type, ggml_block = "q4_k", "q4_K", 4.5, 12, (256, 144)
@@ -298,7 +324,7 @@ class Q6_K(_KQuant):
     name, kind, bits, ggml_type, ggml_block = "q6_k", "q6_K", 6.5625, 14, (256, 210)
 
 
-QTYPES = {q.name: q for q in (F32(), F16(), BF16(), Q8_0(), Q4_0(), Q4_1(), Q4_K(), Q5_K(), Q6_K())}
+QTYPES = {q.name: q for q in (F32(), F16(), BF16(), Q8_0(), Q4_0(), Q4_1(), Q5_0(), Q4_K(), Q5_K(), Q6_K())}
 NAMES = tuple(QTYPES)
 QUANTIZED = tuple(n for n, q in QTYPES.items() if q.quantized)
 GROUPED = tuple(n for n, q in QTYPES.items() if q.grouped)
@@ -315,7 +341,7 @@ def get(name):
 
 def fits(q, cols):
     """Whether rows of ``cols`` values can be stored as ``q`` (whole blocks)."""
-    return cols % (256 if isinstance(q, _KQuant) else (32 if q.grouped else 1)) == 0
+    return cols % (q.ggml_block[0] if q.quantized else 1) == 0
 
 
 def pick_group_size(cols, gs):

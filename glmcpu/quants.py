@@ -110,6 +110,50 @@ def dequantize_q4_1(qs, d, m, gs=32):
             + m.astype(np.float32)[:, :, None]).reshape(n, k)
 
 
+# ---------------------------------------------------------------- q5_0: ggml's block, stored as ggml's rows
+
+Q5_0_BYTES = 22  # block_q5_0 {f16 d; u32 qh; u8 qs[16]}: 32 values
+
+
+def quantize_q5_0(x):
+    """x [n, k] -> ggml's block_q5_0 rows, uint8 [n, k/32 * 22] (quantize_row_q5_0_ref): d = m / -16
+    with m the signed value of largest |x|, q = min(31, trunc(x * (1/d) + 16.5)); byte j of qs holds
+    q[j] & 15 | (q[j + 16] & 15) << 4, bit j of qh bit 4 of q[j], bit j + 16 that of q[j + 16]."""
+    g = _groups(x, QK)
+    n, nb, _ = g.shape
+    idx = np.abs(g).argmax(axis=2)
+    mx = np.take_along_axis(g, idx[:, :, None], axis=2)[:, :, 0]
+    d = (mx / np.float32(-16)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = np.minimum(31, np.trunc((g * inv[:, :, None]).astype(np.float32) + np.float32(16.5))).astype(np.uint32)
+    out = np.empty((n, nb, Q5_0_BYTES), np.uint8)
+    with np.errstate(over="ignore"):
+        out[:, :, 0:2] = d.astype(np.float16).view(np.uint8).reshape(n, nb, 2)
+    qh = (((q >> 4) & 1) << np.arange(32, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+    out[:, :, 2:6] = qh.astype("<u4").view(np.uint8).reshape(n, nb, 4)
+    out[:, :, 6:] = ((q[:, :, :16] & 15) | ((q[:, :, 16:] & 15) << 4)).astype(np.uint8)
+    return out.reshape(n, nb * Q5_0_BYTES)
+
+
+def unpack_q5_0(b, k):
+    """ggml rows [n, k/32 * 22] -> (q [n, k] int values 0..31, d [n, k/32] float16)."""
+    n = b.shape[0]
+    blk = np.ascontiguousarray(b).reshape(n, k // QK, Q5_0_BYTES)
+    d = blk[:, :, 0:2].copy().view(np.float16)[:, :, 0]
+    qh = blk[:, :, 2:6].copy().view("<u4")[:, :, 0]
+    qs = blk[:, :, 6:]
+    bits = (qh[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1
+    q = np.concatenate([qs & 15, qs >> 4], axis=2).astype(np.int32) | (bits.astype(np.int32) << 4)
+    return q.reshape(n, k), d
+
+
+def dequantize_q5_0(b, k):
+    """ggml's dequantize_row_q5_0: (q - 16) * d."""
+    q, d = unpack_q5_0(b, k)
+    n = q.shape[0]
+    return ((q.reshape(n, k // QK, QK) - 16).astype(np.float32) * d.astype(np.float32)[:, :, None]).reshape(n, k)
+
+
 # ---------------------------------------------------------------- row tiling (storage layout)
 
 def tile(a, R, per):
@@ -149,7 +193,7 @@ def dequantize_act(xq, xd):
 def matmul_ref(kind, q, d, m, gs, x):
     """What the fast kernels compute, bit for bit: out [T, n] = x W^T for a q8_0 / q4_0 / q4_1
     matrix in row-major (untiled) form q [n, k] int8 or [n, k/2] packed nibbles, d and m
-    [n, k/gs] float16 (m only for q4_1).
+    [n, k/gs] float16 (m only for q4_1); for q5_0, q is ggml's rows and d, m, gs are unused.
 
     Activations are quantized with quantize_act. For each 32-element sub-block sb (in order) the
     integer sum isum = sum_j w_j * xq_j is exact (w_j = q_j for q8_0, nibble_j - 8 for q4_0 and
@@ -162,6 +206,9 @@ def matmul_ref(kind, q, d, m, gs, x):
     T, k = x.shape
     xq, xd = quantize_act(x)
     nsb, spg = k // QK, gs // QK
+    if kind == "q5_0":  # q: ggml's q5_0 rows; the same formula as q4_0 with w = q - 16
+        wq, d = unpack_q5_0(q, k)
+        return matmul_ref("q8_0", (wq - 16).astype(np.int8), d, None, QK, x)
     if kind == "q8_0":
         w = q.astype(np.int64)
     else:

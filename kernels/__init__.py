@@ -18,7 +18,7 @@ from . import quant, avx2
 from .quant import (quantize_act, matvec_q4, matmul_q4, matvec_q8_0, matmul_q8_0,
                     dequant_row_q4, dequant_row_q8_0, embed_q4, embed_q8_0)
 from .avx2 import pair_act, matvec_q4_avx2, matmul_q4_avx2
-from .kquant import quantize_q8_K, matmul_kquant, dequant_rows_kquant
+from .kquant import quantize_q8_K, matmul_kquant, dequant_rows_kquant, matmul_q5_0, dequant_rows_q5_0
 from .guard import has_nonfinite, first_nonfinite
 from .nojit import JIT
 
@@ -29,5 +29,5 @@ __all__ = [
     "quantize_act", "matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0",
     "dequant_row_q4", "dequant_row_q8_0", "embed_q4", "embed_q8_0",
     "pair_act", "matvec_q4_avx2", "matmul_q4_avx2", "first_nonfinite", "has_nonfinite",
-    "quantize_q8_K", "matmul_kquant", "dequant_rows_kquant",
+    "quantize_q8_K", "matmul_kquant", "dequant_rows_kquant", "matmul_q5_0", "dequant_rows_q5_0",
 ]

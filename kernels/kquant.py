@@ -195,3 +195,58 @@ def dequant_rows_kquant(out, w, ids, kind):
                     if kind == 5:
                         v |= np.int32((w[r, o + 16 + l] >> j) & 1) << 4
                     out[n, QK_K * i + 32 * j + l] = np.float32(np.float32(d1 * np.float32(v)) - m1)
+
+
+# ---------------------------------------------------------------- q5_0 (ggml rows; int8 activations per 32)
+
+@njit(cache=True, parallel=True)  # no fastmath: equals glmcpu.quants.matmul_ref("q5_0") bit for bit
+def matmul_q5_0(out, rq, rd, w, xq, xd):
+    """out [T, n_out] for ggml's q5_0 rows w [n_out, K/32 * 22] and the int8 activations of
+    kernels.quant.quantize_act (xq [T, K], xd [T, K/32]): per 32-block the exact integer sum of
+    (q - 16) * xq, then acc = acc + float(isum) * (xd * d), block by block. rq [n, K] int32 and
+    rd [n, K/32] float32: per-range scratch for the unpacked row."""
+    T = xq.shape[0]
+    n_out = w.shape[0]
+    nb = w.shape[1] // 22
+    n_ranges = rq.shape[0]
+    per = (n_out + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        q = rq[c]
+        dd = rd[c]
+        for r in range(c * per, min(n_out, (c + 1) * per)):
+            for b in range(nb):
+                o = b * 22
+                dd[b] = _f16_at(w, r, o)
+                qh = np.uint32(w[r, o + 2]) | (np.uint32(w[r, o + 3]) << np.uint32(8)) | \
+                    (np.uint32(w[r, o + 4]) << np.uint32(16)) | (np.uint32(w[r, o + 5]) << np.uint32(24))
+                for j in range(16):
+                    byte = np.int32(w[r, o + 6 + j])
+                    q[32 * b + j] = ((byte & 15) | (np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4)) - 16
+                    q[32 * b + 16 + j] = ((byte >> 4) | (np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4)) - 16
+            for t in range(T):
+                acc = np.float32(0.0)
+                for b in range(nb):
+                    isum = np.int32(0)
+                    for j in range(32):
+                        isum += q[32 * b + j] * np.int32(xq[t, 32 * b + j])
+                    acc = np.float32(acc + np.float32(np.float32(isum) * np.float32(xd[t, b] * dd[b])))
+                out[t, r] = acc
+
+
+@njit(cache=True)
+def dequant_rows_q5_0(out, w, ids):
+    """out [len(ids), K] = rows ids of ggml's q5_0 rows w: (q - 16) * d."""
+    nb = w.shape[1] // 22
+    for n in range(ids.shape[0]):
+        r = ids[n]
+        for b in range(nb):
+            o = b * 22
+            d = _f16_at(w, r, o)
+            qh = np.uint32(w[r, o + 2]) | (np.uint32(w[r, o + 3]) << np.uint32(8)) | \
+                (np.uint32(w[r, o + 4]) << np.uint32(16)) | (np.uint32(w[r, o + 5]) << np.uint32(24))
+            for j in range(16):
+                byte = np.int32(w[r, o + 6 + j])
+                q0 = ((byte & 15) | (np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4)) - 16
+                q1 = ((byte >> 4) | (np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4)) - 16
+                out[n, 32 * b + j] = np.float32(np.float32(q0) * d)
+                out[n, 32 * b + 16 + j] = np.float32(np.float32(q1) * d)

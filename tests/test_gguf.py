@@ -470,17 +470,17 @@ def _empty_dir(work, name):
     return d
 
 
-def _q5_0_gguf(work):
-    """The same GGUF with that tensor as Q5_0 instead (a type glmcpu reads but does not store)."""
+def _q5_1_gguf(work):
+    """The same GGUF with that tensor as Q5_1 instead (a type glmcpu reads but does not store)."""
     def make():
-        def to_q5_0(name, data, qtype):
+        def to_q5_1(name, data, qtype):
             if name != "blk.0.ffn_down.weight":
                 return data, qtype
             from glmcpu.kquants import dequantize_q4_K
             x = dequantize_q4_K(np.ascontiguousarray(data), 256)
-            return gguf.quants.quantize(x, GGML.Q5_0), GGML.Q5_0
-        return rewrite_gguf(_kquant_gguf(work), str(work.path / "ffn256.q5_0.gguf"), tensor=to_q5_0)
-    return work.once("q5_0", make)
+            return gguf.quants.quantize(x, GGML.Q5_1), GGML.Q5_1
+        return rewrite_gguf(_kquant_gguf(work), str(work.path / "ffn256.q5_1.gguf"), tensor=to_q5_1)
+    return work.once("q5_1", make)
 
 
 def test_kquant_tensor_is_kept_and_other_types_refused_unless_requantized(work):
@@ -491,16 +491,16 @@ def test_kquant_tensor_is_kept_and_other_types_refused_unless_requantized(work):
     raw = {t.name: t for t in gguf.GGUFReader(g).tensors}["blk.0.ffn_down.weight"]
     assert ModelFile(kept).tensor_types["blk.0.ffn_down.weight"]["type"] == "q4_k"
     assert np.array_equal(ModelFile(kept).tensor("blk.0.ffn_down.weight"), np.array(raw.data).reshape(64, -1))
-    q5 = _q5_0_gguf(work)
+    q5 = _q5_1_gguf(work)
     with pytest.raises(GlmcpuError) as e:
         convert(q5, str(out_dir / "m.glmq"), progress=False)
     msg = str(e.value)
-    assert "blk.0.ffn_down.weight" in msg and "Q5_0" in msg and "--dtype" in msg and "\n" not in msg
+    assert "blk.0.ffn_down.weight" in msg and "Q5_1" in msg and "--dtype" in msg and "\n" not in msg
     assert sorted(os.listdir(out_dir)) == ["kept.glmq"]
     out = str(out_dir / "q5.glmq")
     convert(q5, out, dtype="f32", progress=False)  # requantized from gguf's own dequantized values
     raw5 = {t.name: t for t in gguf.GGUFReader(q5).tensors}["blk.0.ffn_down.weight"]
-    want5 = gguf.quants.dequantize(np.array(raw5.data), GGML.Q5_0).reshape(64, 256)
+    want5 = gguf.quants.dequantize(np.array(raw5.data), GGML.Q5_1).reshape(64, 256)
     assert np.array_equal(ModelFile(out).tensor("blk.0.ffn_down.weight"), want5)
     # --dtype f32 on the Q4_K file requantizes from the values gguf's own dequantizer gives
     out = str(out_dir / "f32.glmq")
@@ -564,7 +564,7 @@ def test_refusals_through_the_cli(work):
     convert(golden("chatglm1-tiny"), v1, dtype="f32", progress=False)
     runs = {}
     for name, cmd, src in [
-        ("q5_0", "convert", _q5_0_gguf(work)),
+        ("q5_1", "convert", _q5_1_gguf(work)),
         ("truncated", "convert", _truncated(work, -1)),
         ("llama", "convert", rewrite_gguf(work.ref("chatglm3-tiny", "f32"), str(work.path / "llama-cli.gguf"),
                                           arch="llama")),

@@ -9,6 +9,7 @@ import pytest
 import glmcpu
 from glmcpu import kernels as K
 from glmcpu import kquants as KQ
+from glmcpu import quants as Q
 from glmcpu import qtypes
 from glmcpu.convert import convert
 from glmcpu.convert.gguf_export import export
@@ -78,6 +79,19 @@ def test_more_bits_less_error():
     assert e["q8_0"] < e["q6_k"]
 
 
+@pytest.mark.parametrize("T", [1, 2, 7, 64, 300])
+def test_q5_0_kernel_equals_its_reference(T):
+    """q5_0 (ggml's bytes, checked against gguf.quants in test_qtypes) runs on the int8 activations
+    of the 32-block types; matmul_q5_0 equals glmcpu.quants.matmul_ref("q5_0") bit for bit."""
+    w = Q.quantize_q5_0(_weights(37, 512))
+    x = RNG.standard_normal((T, 512)).astype(np.float32)
+    xq, xd, xs = np.zeros((T, 512), np.int8), np.zeros((T, 16), np.float32), np.zeros((T, 16), np.int32)
+    K.quantize_act(xq, xd, xs, x)
+    out = np.zeros((T, 37), np.float32)
+    K.matmul_q5_0(out, np.zeros((3, 512), np.int32), np.zeros((3, 16), np.float32), w, xq, xd)
+    np.testing.assert_array_equal(out.view(np.uint32), Q.matmul_ref("q5_0", w, None, None, 32, x).view(np.uint32))
+
+
 def test_mix_rule_is_llama_cpps():
     n = 28  # ChatGLM3-6B: use_more_bits gives layers 0-2, 5, 8, ..., 23, 24-27 q6_K
     more = [i for i in range(n) if use_more_bits(i, n)]
@@ -89,7 +103,8 @@ def test_mix_rule_is_llama_cpps():
     assert mix_type("q5_k_m", "blk.6.attn_qkv.weight", 4096, n, False) == ("q5_k", None)
     assert mix_type("q4_k_m", "blk.3.ffn_up_gate.weight", 4096, n, False) == ("q4_k", None)
     kind, note = mix_type("q4_k_m", "blk.3.ffn_down.weight", 13696, n, False)  # GLM's ffn width
-    assert kind == "q8_0" and "13696" in note
+    assert kind == "q5_0" and "13696" in note                                   # llama.cpp's fallback
+    assert mix_type("q4_k_m", "blk.2.ffn_down.weight", 13696, n, False)[0] == "q8_0"  # q6_K's fallback
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +113,7 @@ def ckpt(tmp_path_factory):
     return random_checkpoint(str(d / "ckpt"), family="chatglm3", hidden=256, layers=2, heads=4, groups=2, ffn=512)
 
 
-@pytest.mark.parametrize("dtype", ["q4_k", "q5_k", "q6_k", "q4_k_m"])
+@pytest.mark.parametrize("dtype", ["q4_k", "q5_k", "q6_k", "q4_k_m", "q5_0"])
 def test_models_in_kquants(ckpt, dtype, tmp_path):
     """Converted to a K-quant, every matrix holds ggml's bytes for its type, the forward runs on
     the kernels (close to the f32 model), and a GGUF round trip keeps every bit and the logits."""
@@ -116,7 +131,8 @@ def test_models_in_kquants(ckpt, dtype, tmp_path):
     from glmcpu.convert.hf import Checkpoint
     src = Checkpoint(ckpt).tensors["transformer.encoder.layers.0.mlp.dense_4h_to_h.weight"]
     kind = types["blk.0.ffn_down.weight"]
-    np.testing.assert_array_equal(mf.tensor("blk.0.ffn_down.weight"), KQ.QUANTIZE[KINDS[kind][0]](src.rows_f32()))
+    quantize = Q.quantize_q5_0 if kind == "q5_0" else KQ.QUANTIZE[KINDS[kind][0]]
+    np.testing.assert_array_equal(mf.tensor("blk.0.ffn_down.weight"), quantize(src.rows_f32()))
     ref_path = str(tmp_path / "f32.glmq")
     convert(ckpt, ref_path, dtype="f32", progress=False)
     ids = [64790, 64792, 30910, 1000, 2000, 34607, 55, 13]
