@@ -8,6 +8,11 @@ Stop strings end the reply at their first occurrence and are never part of the t
 stop string spans tokens: text that could still be the start of a stop string is held back until
 the next token decides. ``cancelled()`` is asked before every forward pass, so a request whose
 client went away stops within one token.
+
+A request may carry a constraint (glmcpu/constrain.py Constraint: JSON schema, forced tool call):
+before each draw the tokens it does not allow get -inf logits, so the sampler (greedy, top-p,
+any temperature) never picks them; the drawn token advances it, and the reply ends with "stop" as
+soon as the grammar is complete. Log-probabilities stay the model's, from the logits before the mask.
 """
 import time
 
@@ -45,7 +50,7 @@ class CompletionResult:
 
 class GenerationRequest:
     def __init__(self, prompt_ids, params=None, stop=(), reuse_cache=True, presence_penalty=0.0,
-                 frequency_penalty=0.0, logprobs=None, prompt_logprobs=False):
+                 frequency_penalty=0.0, logprobs=None, prompt_logprobs=False, constraint=None):
         if not prompt_ids:
             raise GlmcpuError("empty prompt")
         stop = [stop] if isinstance(stop, str) else list(stop or ())
@@ -64,6 +69,7 @@ class GenerationRequest:
             raise GlmcpuError(f"logprobs (the number of most likely tokens to report) must be 0..20, got {logprobs!r}")
         self.logprobs = logprobs  # None: no log-probabilities; n: the chosen token's and the n most likely
         self.prompt_logprobs = bool(prompt_logprobs) and logprobs is not None  # also for the prompt (echo)
+        self.constraint = constraint  # None, or a constrain.Constraint the reply must match (used once)
         self.echo = None  # completions echo: the prompt text the reply is shown after (the server's)
         self.result = CompletionResult()
         if logprobs is not None:
@@ -112,7 +118,7 @@ def run(model, request, cancelled=None):
     """Generate for ``request`` on ``model`` (one at a time: the caller serializes). Yields text pieces
     whose concatenation is request.result.text."""
     from .chat import stop_ids
-    ids, params, res = request.prompt_ids, request.params, request.result
+    ids, params, res, con = request.prompt_ids, request.params, request.result, request.constraint
     if len(ids) >= model.n_ctx:
         raise GlmcpuError(f"prompt is {len(ids)} tokens but the context holds {model.n_ctx}")
     tok = model.tokenizer
@@ -150,13 +156,15 @@ def run(model, request, cancelled=None):
                 break
             if counts:
                 logits = _penalize(logits, counts, request.presence_penalty, request.frequency_penalty)
-            nxt = sampler(logits, seen)
+            nxt = sampler(logits if con is None else con.apply(logits), seen)
             if nxt in stops:
                 res.finish_reason = "stop"
                 break
             entry = None
             if request.logprobs is not None:
                 entry = _logprob_entry(tok, logits, nxt, request.logprobs, len(dec.emitted))
+            if con is not None:
+                con.advance(nxt)
             seen.append(nxt)
             gen.append(nxt)
             if penalized:
@@ -170,7 +178,7 @@ def run(model, request, cancelled=None):
             if piece:
                 out.append(piece)
                 yield piece
-            if matcher.hit:
+            if matcher.hit or (con is not None and con.done()):  # a stop string, or the grammar is complete
                 res.finish_reason = "stop"
                 break
             if len(gen) >= limit:

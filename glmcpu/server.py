@@ -7,6 +7,11 @@
 Requests run one at a time on the one model (``Scheduler``); a client that goes away mid-stream
 cancels its generation before the next token. Every error is an OpenAI error object
 {"error": {"message", "type", "param", "code"}} with a 4xx status.
+
+Constrained replies (glmcpu/constrain.py, llguidance): ``response_format`` json_object / json_schema
+makes the reply one JSON value (valid against the schema), ``tool_choice`` "required" or a named
+function makes it a tool call in the family's protocol. The grammar is compiled while the request
+is checked, so a schema that cannot be used is a 400 before anything runs.
 """
 import asyncio
 import hmac
@@ -119,6 +124,7 @@ class CompletionRequest(_Sampling):
     prompt: Union[StrictStr, List[StrictInt]]
     echo: Optional[StrictBool] = None
     best_of: Optional[StrictInt] = None
+    response_format: Optional[Dict[str, Any]] = None
 
 
 # ---------------------------------------------------------------- scheduling
@@ -256,11 +262,6 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > 4 or any(not s for s in stop):
             raise APIError(400, "stop takes up to 4 non-empty strings", param="stop")
-        for name in ("response_format",):  # not implemented yet: refuse, never ignore
-            value = getattr(body, name, None)
-            if value not in (None, False, 0) and not (name == "response_format" and value.get("type") == "text"):
-                raise APIError(400, f"{name} is not supported by this server yet", param=name,
-                               code="unsupported_parameter")
         if getattr(body, "best_of", None) not in (None, 1):
             raise APIError(400, "only best_of=1 is supported", param="best_of")
         t = 1.0 if body.temperature is None else float(body.temperature)
@@ -291,10 +292,68 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
                            param="logprobs")
         return body.logprobs
 
-    def request_for(body, ids, params, stop, chat):
+    def request_for(body, ids, params, stop, chat, constraint=None):
         return GenerationRequest(ids, params, stop, presence_penalty=float(body.presence_penalty or 0),
                                  frequency_penalty=float(body.frequency_penalty or 0),
-                                 logprobs=top_logprobs(body, chat), prompt_logprobs=getattr(body, "echo", False))
+                                 logprobs=top_logprobs(body, chat), prompt_logprobs=getattr(body, "echo", False),
+                                 constraint=constraint)
+
+    async def constraint_for(schema, forced, tools):
+        """The request's Constraint (None without one): a JSON reply valid against ``schema``, a call
+        of one of the ``forced`` tools, or (tools offered with tool_choice auto) either of the two."""
+        if schema is None and forced is None:
+            return None
+        if forced is not None and schema is not None:
+            raise APIError(400, "response_format json_object / json_schema cannot be combined with a forced "
+                                "tool call (tool_choice \"required\" or a named function): that reply is a tool call",
+                           param="response_format")
+        from . import constrain
+        offered = forced if forced is not None else tools
+        functions = toolcalls.check_tools(offered) if offered else None
+        param = "tool_choice" if forced is not None else "response_format"
+        try:
+            if model.family == "glm4":  # its tool calls are JSON: each function's parameters must compile
+                for f in functions or []:
+                    try:
+                        await asyncio.to_thread(constrain.check_schema, f.get("parameters") or {"type": "object"})
+                    except GlmcpuError as e:
+                        raise APIError(400, f"tools: the parameters of {f['name']!r}: {e}", param="tools") from None
+            g = constrain.grammar(model.tokenizer, json_schema=schema, family=model.family, functions=functions)
+            return await asyncio.to_thread(constrain.Constraint, model, g)
+        except GlmcpuError as e:
+            raise APIError(400, f"{param}: {e}", param=param) from None
+
+    async def response_schema(rf):
+        """The JSON schema ``response_format`` asks the reply to match (None: plain text), checked."""
+        if rf is None:
+            return None
+        kind = rf.get("type")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"type": "object"}
+        if kind != "json_schema":
+            raise APIError(400, f"response_format.type must be \"text\", \"json_object\" or \"json_schema\", "
+                                f"got {kind!r}", param="response_format")
+        spec = rf.get("json_schema")
+        if not isinstance(spec, dict):
+            raise APIError(400, "response_format json_schema needs \"json_schema\": {\"name\": ..., \"schema\": "
+                                "{...}, \"strict\": true}", param="response_format")
+        schema = spec.get("schema")
+        if not isinstance(schema, dict):
+            got = type(schema).__name__ if schema is not None else "nothing"
+            raise APIError(400, f"response_format.json_schema.schema must be a JSON schema object, got {got}",
+                           param="response_format")
+        if spec.get("name") is not None and not isinstance(spec["name"], str):
+            raise APIError(400, "response_format.json_schema.name must be a string", param="response_format")
+        if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+            raise APIError(400, "response_format.json_schema.strict must be true or false", param="response_format")
+        from . import constrain  # the schema is always enforced exactly (strict or not); refused if it cannot be
+        try:
+            await asyncio.to_thread(constrain.check_schema, schema)
+        except GlmcpuError as e:
+            raise APIError(400, f"response_format.json_schema.schema: {e}", param="response_format") from None
+        return schema
 
     def prompt_error(e, param):
         msg = str(e)
@@ -309,6 +368,7 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
             raise APIError(400, "messages must not be empty", param="messages")
         messages = [_message_dict(m) for m in body.messages]
         tools = None
+        forced = _forced_tool_choice(body.tool_choice, body.tools)
         if body.tools:
             if not tool_family:
                 raise APIError(400, f"this model ({model.family}) has no tool-call format; send no tools",
@@ -317,13 +377,16 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
                 tools = toolcalls.tools_for_prompt(body.tools, body.tool_choice) or None
             except GlmcpuError as e:
                 raise APIError(400, str(e), param="tools") from None
+        schema = await response_schema(body.response_format)
         try:
             ids = await asyncio.to_thread(model.chat_prompt, messages, tools=tools)
         except GlmcpuError as e:
             raise prompt_error(e, "messages") from None
         max_new = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params, stop = sampling(body, len(ids), max_new)
-        return await respond(request, body, request_for(body, ids, params, stop, True), chat=True, tools=tools)
+        constraint = await constraint_for(schema, tools if forced else None, tools)
+        return await respond(request, body, request_for(body, ids, params, stop, True, constraint), chat=True,
+                             tools=tools)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -341,8 +404,9 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
             if bad:
                 raise APIError(400, f"token id {bad[0]} is out of range for vocab_size {model.vocab_size}",
                                param="prompt")
+        schema = await response_schema(body.response_format)
         params, stop = sampling(body, len(ids), body.max_tokens)
-        req = request_for(body, ids, params, stop, False)
+        req = request_for(body, ids, params, stop, False, await constraint_for(schema, None, None))
         # echo: the reply starts with the prompt (as sent; a token prompt as its decoded text)
         req.echo = (body.prompt if isinstance(body.prompt, str) else tok.decode(ids, skip_special_tokens=True)) \
             if body.echo else None
@@ -508,6 +572,18 @@ def _message_dict(m):
     if d["content"] is None:
         raise APIError(400, f"a {m.role} message needs content", param="messages")
     return d
+
+
+def _forced_tool_choice(choice, tools):
+    """True when ``tool_choice`` forces a call ("required" or a named function), checked."""
+    if choice is None or choice in ("none", "auto"):
+        return False
+    if choice == "required" or isinstance(choice, dict):
+        if not tools:
+            raise APIError(400, "tool_choice \"required\" or a named function needs tools", param="tool_choice")
+        return True
+    raise APIError(400, f"tool_choice must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", "
+                        f"\"function\": {{\"name\": ...}}}}, got {choice!r}", param="tool_choice")
 
 
 def _parse_tools(res, tools, family):

@@ -13,6 +13,10 @@ tokens. The default is what the official tokenizer does (GLM-4's turns a literal
 the token; the sentencepiece ones keep it as text); chat message content is always encoded with
 parse_special=False unless asked, so a user cannot inject a role token. Special tokens are added
 by add_special_tokens=True and by the chat formats.
+
+token_bytes(id) / vocab_bytes() are the exact bytes a token adds to the text (a sentencepiece byte
+piece <0xNN> is that byte, "\u2581" a space; a special token is its name, and special_token_ids()
+lists those): what constrained decoding (glmcpu/constrain.py) matches grammars against.
 """
 import re
 
@@ -27,6 +31,7 @@ GLM4_SPECIAL = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>
                 "<|begin_of_video|>", "<|end_of_video|>"]
 GLM_SPECIAL = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"]
 GLM3_ROLES = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+_BLANK = re.compile(rb"<\|blank_(\d+)\|>")  # ChatGLM-6B's runs of spaces
 
 
 class Tokenizer:
@@ -35,6 +40,9 @@ class Tokenizer:
     family = None
     special = {}  # name -> id
     parses_special = False  # what the official encode does with special-token text
+    # sentencepiece's dummy prefix: encode puts a "\u2581" before the text and decode drops the space of
+    # a leading "\u2581", so the token bytes of a reply may start with one space its text does not have
+    strips_leading_space = False
 
     def token_id(self, name):
         if name not in self.special:
@@ -77,9 +85,48 @@ class Tokenizer:
     def is_special(self, i):
         return i in self._special_ids
 
+    def token_bytes(self, i):
+        """The bytes token ``i`` stands for: what it adds to the decoded text (special and control
+        tokens: their name, as decode(..., skip_special_tokens=False) writes the special ones)."""
+        i = int(i)
+        if not 0 <= i < self.vocab_size:
+            raise GlmcpuError(f"token id {i} is out of range for this tokenizer's {self.vocab_size} tokens")
+        return self._token_bytes(i)
+
+    def vocab_bytes(self):
+        """[token_bytes(i) for every id 0..vocab_size-1], built once."""
+        if getattr(self, "_vocab_bytes", None) is None:
+            self._vocab_bytes = [self._token_bytes(i) for i in range(self.vocab_size)]
+        return self._vocab_bytes
+
+    def special_token_ids(self):
+        """Ids that stand for no text (their token_bytes is a name): the special tokens, and
+        sentencepiece's control and unknown pieces (<unk>, <s>, </s>)."""
+        return frozenset(self._special_ids)
+
+
+def _sp_piece_bytes(sp, i):
+    """A sentencepiece piece as bytes: a byte piece <0xNN> is that byte, "\u2581" is a space."""
+    piece = sp.id_to_piece(i)
+    if sp.is_byte(i):
+        return bytes([int(piece[3:5], 16)])
+    if sp.is_control(i) or sp.is_unknown(i):
+        return piece.encode("utf-8")
+    return piece.replace("\u2581", " ").encode("utf-8")
+
+
+def _sp_control_ids(tok):
+    """The control and unknown pieces of ``tok.sp`` (computed once)."""
+    if getattr(tok, "_control_ids", None) is None:
+        sp = tok.sp
+        tok._control_ids = frozenset(i for i in range(sp.vocab_size()) if sp.is_control(i) or sp.is_unknown(i))
+    return tok._control_ids
+
 
 class SentencePieceGLM(Tokenizer):
     """ChatGLM2 and ChatGLM3."""
+
+    strips_leading_space = True
 
     def __init__(self, model_bytes, family, roles):
         import sentencepiece as spm
@@ -99,6 +146,12 @@ class SentencePieceGLM(Tokenizer):
 
     def _encode(self, text):
         return self.sp.encode(text)
+
+    def _token_bytes(self, i):
+        return self._by_id[i].encode("utf-8") if i in self._by_id else _sp_piece_bytes(self.sp, i)
+
+    def special_token_ids(self):
+        return frozenset(self._special_ids | _sp_control_ids(self))
 
     def prefix_ids(self):
         return [self.special["[gMASK]"], self.special["sop"]]
@@ -127,6 +180,7 @@ class IceTextTokenizer(Tokenizer):
 
     family = "chatglm1"
     MAX_BLANK = 80
+    strips_leading_space = True
 
     def __init__(self, model_bytes):
         import sentencepiece as spm
@@ -149,6 +203,16 @@ class IceTextTokenizer(Tokenizer):
 
     def suffix_ids(self):
         return [self.special["[gMASK]"], self.special["<sop>"]]
+
+    def _token_bytes(self, i):
+        """The piece's bytes with decode's replacements: <n> is "\\n", <|tab|> a tab, <|blank_N|> N spaces."""
+        b = _sp_piece_bytes(self.sp, i)
+        if self.sp.is_byte(i) or self.sp.is_control(i) or self.sp.is_unknown(i):
+            return b
+        return _BLANK.sub(lambda m: b" " * int(m.group(1)), b.replace(b"<n>", b"\n").replace(b"<|tab|>", b"\t"))
+
+    def special_token_ids(self):
+        return frozenset(self._special_ids | _sp_control_ids(self))
 
     def decode(self, ids, skip_special_tokens=False):
         ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
@@ -184,6 +248,9 @@ class TiktokenGLM4(Tokenizer):
 
     def _encode(self, text):
         return self.enc.encode(text, allowed_special=set(), disallowed_special=())
+
+    def _token_bytes(self, i):
+        return self.enc.decode_single_token_bytes(i)  # a rank's bytes; a special token's name
 
     def prefix_ids(self):
         return [self.special["[gMASK]"], self.special["<sop>"]]

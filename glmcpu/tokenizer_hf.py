@@ -11,6 +11,8 @@ decode are the official ones by construction:
   encode(text, parse_special=False)  the text taken literally: "<|user|>" gets the ids of its characters
   encode(text, add_special_tokens=True)  adds what the tokenizer.json post-processor adds
   decode(ids)                        as transformers' ``decode``: special tokens kept, no spaces added
+  token_bytes(id)                    the exact bytes of one token: byte-level BPE tokens mapped back
+                                     through GPT-2's byte-to-unicode table, added tokens their text
 """
 import threading
 
@@ -23,6 +25,25 @@ SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_t
 # transformers' clean_up_tokenization, applied by decode only if tokenizer_config.json asks for it
 CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def _bytes_to_unicode():
+    """GPT-2's table (the ``tokenizers`` ByteLevel pre-tokenizer's): byte -> the character standing
+    for it in a byte-level BPE vocabulary. Printable Latin-1 bytes stand for themselves, the other
+    68 for U+0100 onwards, in byte order."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) \
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+BYTE_OF_CHAR = {c: b for b, c in _bytes_to_unicode().items()}  # a byte-level vocabulary character -> its byte
 
 
 def _token_text(value, key):
@@ -82,6 +103,9 @@ class HFTokenizer(Tokenizer):
         # encode_special_tokens is a switch on the shared tokenizers object: flipped only under this lock
         self._lock = threading.Lock()
         added = self.tk.get_added_tokens_decoder()  # id -> AddedToken
+        self._added = {i: tok.content for i, tok in added.items()}
+        import tokenizers.decoders
+        self._byte_level = isinstance(self.tk.decoder, tokenizers.decoders.ByteLevel)
         self.special = {tok.content: i for i, tok in sorted(added.items()) if tok.special}
         self._special_ids = frozenset(self.special.values())
         self.vocab_size = max([self.tk.get_vocab_size(with_added_tokens=True)] + [i + 1 for i in added])
@@ -108,6 +132,21 @@ class HFTokenizer(Tokenizer):
             if full[start:start + len(bare)] == bare:
                 return full[:start], full[start + len(bare):]
         return [], []
+
+    def _token_bytes(self, i):
+        added = self._added.get(i)
+        if added is not None:  # added tokens are stored as their text, not byte-level encoded
+            return added.encode("utf-8")
+        if not self._byte_level:
+            raise GlmcpuError(f"token bytes need a byte-level BPE tokenizer.json (decoder ByteLevel), this one's "
+                              f"decoder is {type(self.tk.decoder).__name__}")
+        piece = self.tk.id_to_token(i)
+        if piece is None:  # an id no token has
+            return b""
+        try:
+            return bytes(BYTE_OF_CHAR[c] for c in piece)
+        except KeyError:
+            raise GlmcpuError(f"tokenizer.json: token {i} ({piece!r}) is not byte-level encoded") from None
 
     def token_id(self, name):
         """Id of a special token (or of any vocabulary entry) given by its text."""

@@ -7,6 +7,9 @@
   parse_reply(family, text, tools)          a model reply -> {"content", "tool_calls"}
   tool_call_possible(family, text, tools)   can a reply that starts with ``text`` still be a call?
 
+Forcing a call (tool_choice "required" / a named function) is glmcpu/constrain.py's grammar of
+these same protocols.
+
 The two protocols, as THUDM's code writes them (one message per line, "<|role|>metadata\\n" then
 the content):
 
@@ -115,7 +118,9 @@ def _good_name(name):
 def tools_for_prompt(tools, tool_choice=None):
     """The tools a prompt shows for ``tool_choice``, as GLM-4's basic_demo/glm_server.py
     (process_messages, filter_tools) picks them: "none" shows none, a named function shows only
-    that one, "auto" / "required" / None show all."""
+    that one, "auto" / "required" / None show all. With "required" or a named function the server
+    also forces the reply to be a call of one of them (glmcpu/constrain.py: the grammar of exactly
+    what parse_reply reads)."""
     functions = check_tools(tools)
     if tool_choice in (None, "auto", "required"):
         return list(tools or [])

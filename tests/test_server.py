@@ -47,7 +47,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def demo():
-    model = glmcpu.load(glmcpu.demo_model_path(), n_ctx=256)
+    model = glmcpu.load(glmcpu.demo_model_path(), n_ctx=256, threads=1)  # tiny: one thread is fastest
     log = []
     srv = Served(S.create_app(model, NAME, api_key=KEY, max_queue=2, max_body=64 * 1024, log=log.append))
     srv.model, srv.log = model, log
@@ -217,10 +217,11 @@ def test_bad_requests_400(demo, body, param):
         assert err["param"] == param
 
 
-def test_unsupported_options_are_refused_not_ignored(demo):
-    for extra, param in [({"response_format": {"type": "json_object"}}, "response_format")]:
+def test_unknown_options_are_refused_not_ignored(demo):
+    for extra, param in [({"response_format": {"type": "xml"}}, "response_format"), ({"n": 3}, "n"),
+                         ({"tool_choice": "sometimes"}, "tool_choice")]:
         r = demo.http.post("/v1/chat/completions", json=dict(model=NAME, messages=POEM, **extra))
-        assert_error(r, 400, param=param, code="unsupported_parameter")
+        assert_error(r, 400, param=param)
     r = chat(demo, response_format={"type": "text"}, max_tokens=2, temperature=0)  # the default is fine
     assert r.usage.completion_tokens <= 2
 
@@ -422,7 +423,7 @@ def tiny(tmp_path_factory):
         if case not in servers:
             out = str(root / f"{case}.glmq")
             convert(helpers.random_checkpoint(str(root / case), family=case), out, dtype="f32", progress=False)
-            model = glmcpu.load(out, n_ctx=512)
+            model = glmcpu.load(out, n_ctx=512, threads=1)
             srv = Served(S.create_app(model, case, log=lambda line: None))
             srv.model = model
             srv.client = openai.OpenAI(base_url=srv.base + "/v1", api_key="none", max_retries=0, timeout=120)
@@ -562,3 +563,159 @@ def test_stream_decoder_contract_unchanged(demo):
     ids = tok.encode("床前明月光，疑是地上霜。")
     d = StreamDecoder(tok)
     assert "".join(d.push(i) for i in ids) + d.flush() == tok.decode(ids, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------- constrained replies (llguidance)
+
+POEM_SCHEMA = {"type": "object", "properties": {"poem": {"type": "string", "maxLength": 10},
+                                                "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+               "required": ["poem", "n"], "additionalProperties": False}
+
+
+def _json_schema(schema, strict=True):
+    return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema, "strict": strict}}
+
+
+def test_json_schema_replies_are_valid_and_stream_the_same(demo):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    for seed in range(3):
+        kw = dict(temperature=1.0, top_p=0.95, seed=seed, max_tokens=150, response_format=_json_schema(POEM_SCHEMA))
+        r = chat(demo, **kw)
+        text = r.choices[0].message.content
+        assert r.choices[0].finish_reason == "stop", text
+        jsonschema.validate(json.loads(text), POEM_SCHEMA)
+        chunks, streamed = stream_chat(demo, **kw)
+        assert streamed == text
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    # log-probabilities stay the model's (from the logits before the mask): finite, joining to the reply
+    r = chat(demo, temperature=1.0, seed=0, max_tokens=150, logprobs=True, top_logprobs=2,
+             response_format=_json_schema(POEM_SCHEMA))
+    lp = r.choices[0].logprobs.content
+    assert "".join(e.token for e in lp) == r.choices[0].message.content
+    assert all(np.isfinite(e.logprob) and e.logprob <= e.top_logprobs[0].logprob + 1e-9 for e in lp)
+    # the legacy completions endpoint takes it too
+    r = demo.client.completions.create(model=NAME, prompt="床前明月光", max_tokens=150, seed=1, temperature=1.0,
+                                       extra_body={"response_format": _json_schema(POEM_SCHEMA, strict=False)})
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].text), POEM_SCHEMA)
+
+
+def test_json_object_reply_is_an_object(demo):
+    """The poem model seldom closes a free string within the budget: every reply that ends is one
+    JSON object, and every reply opens one."""
+    pytest.importorskip("llguidance")
+    for seed in range(3):
+        r = chat(demo, temperature=0.8, seed=seed, max_tokens=40, response_format={"type": "json_object"})
+        text = r.choices[0].message.content
+        assert text.lstrip().startswith("{")
+        if r.choices[0].finish_reason == "stop":
+            assert isinstance(json.loads(text), dict)
+        else:
+            assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 40
+    r = chat(demo, temperature=0, max_tokens=60, response_format=_json_schema({"enum": ["月", "光"]}))
+    assert json.loads(r.choices[0].message.content) in ("月", "光") and r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("rf,where", [
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}}, "Invalid type"),
+    (_json_schema({"type": "object", "not": {"required": ["a"]}}), "Unimplemented"),
+    (_json_schema({"type": "string", "pattern": "(?<=a)b"}), "look-around"),
+    (_json_schema({"$ref": "https://example.com/schema.json"}), "example.com"),
+    ({"type": "json_schema"}, "json_schema"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}, "schema"),
+    ({"type": "json_schema", "json_schema": {"name": 5, "schema": {}}}, "name"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": "yes"}}, "strict"),
+    ({"type": "xml"}, "xml"),
+    ({}, "type"),
+    ("json_object", None),
+])
+def test_bad_response_format_400(demo, rf, where):
+    pytest.importorskip("llguidance")
+    for path, extra in (("/v1/chat/completions", {"messages": POEM}), ("/v1/completions", {"prompt": "床前"})):
+        r = demo.http.post(path, json=dict(model=NAME, response_format=rf, **extra))
+        err = assert_error(r, 400, param="response_format")
+        assert where is None or where in err["message"], err
+
+
+def test_constrained_request_without_llguidance_is_a_clear_400(demo, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # as if the extra were not installed
+    err = assert_error(demo.http.post("/v1/chat/completions", json=dict(
+        model=NAME, messages=POEM, response_format={"type": "json_object"})), 400, param="response_format")
+    assert 'pip install "glmcpu[server]"' in err["message"]
+    assert chat(demo, max_tokens=2, temperature=0).usage.completion_tokens <= 2  # plain requests need none
+
+
+FORCE_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "天气", "parameters": {
+        "type": "object", "properties": {"city": {"enum": ["北京", "上海"]}, "days": {"type": "integer"},
+                                         "hourly": {"type": "boolean"}},
+        "required": ["city"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "now", "parameters": {
+        "type": "object", "properties": {"tz": {"enum": ["UTC", "CST"]}}, "additionalProperties": False}}},
+]
+ASK = [{"role": "user", "content": "北京天气怎么样？"}]
+
+
+@pytest.mark.parametrize("family", ["chatglm3", "glm4"])
+def test_tool_choice_forces_a_call(tiny, family):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    srv = tiny(family)
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in FORCE_TOOLS}
+    for choice in ("required", {"type": "function", "function": {"name": "now"}},
+                   {"type": "function", "function": {"name": "get_weather"}}):
+        for seed in range(3):
+            kw = dict(model=family, messages=ASK, tools=FORCE_TOOLS, tool_choice=choice, temperature=1.0, seed=seed,
+                      max_tokens=120)
+            r = srv.client.chat.completions.create(**kw)
+            ch = r.choices[0]
+            assert ch.finish_reason == "tool_calls" and len(ch.message.tool_calls) == 1, ch.message.content
+            call = ch.message.tool_calls[0].function
+            if isinstance(choice, dict):
+                assert call.name == choice["function"]["name"]
+            jsonschema.validate(json.loads(call.arguments), params[call.name])
+            chunks = list(srv.client.chat.completions.create(stream=True, **kw))
+            deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+            assert deltas[0].function.name == call.name
+            assert json.loads("".join(d.function.arguments or "" for d in deltas)) == json.loads(call.arguments)
+            assert chunks[-1].choices[0].finish_reason == "tool_calls"
+            assert not any(c.choices[0].delta.content for c in chunks if c.choices)
+
+
+def test_tool_choice_auto_with_a_json_format_allows_either(tiny):
+    pytest.importorskip("llguidance")
+    srv = tiny("glm4")
+    tools = FORCE_TOOLS[1:]
+    for seed in range(3):
+        r = srv.client.chat.completions.create(model="glm4", messages=ASK, tools=tools, temperature=1.0, seed=seed,
+                                               max_tokens=60, response_format=_json_schema({"enum": [1, 2]}))
+        ch = r.choices[0]
+        if ch.finish_reason == "tool_calls":
+            assert ch.message.tool_calls[0].function.name == "now"
+        else:
+            assert ch.finish_reason == "stop" and json.loads(ch.message.content) in (1, 2)
+
+
+def test_forced_tool_call_bad_requests_400(tiny):
+    pytest.importorskip("llguidance")
+    for family in ("chatglm3", "glm4"):
+        srv = tiny(family)
+        base = dict(model=family, messages=ASK, max_tokens=5)
+        cases = [
+            (dict(tool_choice="required"), "tool_choice"),  # no tools to call
+            (dict(tools=FORCE_TOOLS, tool_choice="always"), "tool_choice"),
+            (dict(tools=FORCE_TOOLS, tool_choice="required", response_format={"type": "json_object"}),
+             "response_format"),
+        ]
+        if family == "chatglm3":  # arguments are Python keywords there
+            odd = [{"type": "function", "function": {"name": "f", "parameters": {
+                "type": "object", "properties": {"max-days": {"type": "integer"}}, "required": ["max-days"]}}}]
+            cases.append((dict(tools=odd, tool_choice="required"), "tool_choice"))
+        else:  # arguments are JSON there: the parameters must compile
+            bad = [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}]
+            cases.append((dict(tools=bad, tool_choice={"type": "function", "function": {"name": "f"}}), "tools"))
+        for extra, param in cases:
+            with httpx.Client(base_url=srv.base, timeout=120) as http:
+                assert_error(http.post("/v1/chat/completions", json=dict(base, **extra)), 400, param=param)
