@@ -194,8 +194,10 @@ class Job:
 
 # ---------------------------------------------------------------- the app
 
-def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MAX_BODY, log=None):
-    """The ASGI app serving ``model`` as ``model_name``."""
+def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MAX_BODY, log=None,
+               cors_origins=()):
+    """The ASGI app serving ``model`` as ``model_name``; ``cors_origins``: the browser origins
+    (e.g. "http://localhost:3000", or "*") allowed to call it from a web page."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     app = FastAPI(title="glmcpu", docs_url=None, redoc_url=None, openapi_url=None)
     state = {"scheduler": None}
@@ -208,6 +210,10 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
         return state["scheduler"]
 
     app.add_middleware(Guard, api_key=api_key, max_body=max_body, log=log)
+    if cors_origins:  # outermost: a browser's preflight carries no API key
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     @app.exception_handler(APIError)
     async def api_error(request, e):
@@ -754,7 +760,7 @@ async def _completion_stream(job, cid, name, include_usage, tools, family):
 # ---------------------------------------------------------------- running it
 
 def run_server(model_path=None, host="127.0.0.1", port=8000, n_ctx=4096, threads=None, api_key=None,
-               model_name=None, max_queue=8, log_level="warning"):
+               model_name=None, max_queue=8, log_level="warning", cors_origins=()):
     """Load ``model_path`` (None: the built-in demo model) and serve it until interrupted."""
     import os
     import uvicorn
@@ -762,7 +768,7 @@ def run_server(model_path=None, host="127.0.0.1", port=8000, n_ctx=4096, threads
     path = model_path or glmcpu.demo_model_path()
     model = glmcpu.load(path, n_ctx=n_ctx, threads=threads)
     name = model_name or os.path.splitext(os.path.basename(path))[0]
-    app = create_app(model, name, api_key=api_key, max_queue=max_queue)
+    app = create_app(model, name, api_key=api_key, max_queue=max_queue, cors_origins=cors_origins)
     print(f"glmcpu: serving {name} ({model.family}, n_ctx={model.n_ctx}) on http://{host}:{port}/v1",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
@@ -777,10 +783,14 @@ def add_serve_arguments(p):
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--model-name", default=None, help="model id clients send (default: the file's name)")
     p.add_argument("--max-queue", type=int, default=8, help="waiting requests beyond the running one")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow web pages from ORIGIN (e.g. http://localhost:3000, or '*') to call the API; "
+                        "repeat for several (default: none)")
 
 
 def serve_main(args):
     if args.max_queue < 0:
         raise GlmcpuError(f"--max-queue must be >= 0, got {args.max_queue}")
     run_server(args.model, host=args.host, port=args.port, n_ctx=args.ctx, threads=args.threads,
-               api_key=args.api_key, model_name=args.model_name, max_queue=args.max_queue)
+               api_key=args.api_key, model_name=args.model_name, max_queue=args.max_queue,
+               cors_origins=args.cors_origin)

@@ -177,6 +177,29 @@ def test_wrong_or_missing_api_key_401(demo):
     assert_error(httpx.post(demo.base + "/v1/chat/completions", json={}), 401, code="invalid_api_key")
 
 
+def test_cors_origins(demo):
+    """--cors-origin: a listed origin's preflight (which carries no API key) succeeds and its
+    requests get the Access-Control-Allow-Origin header; other origins get none; without the
+    option no CORS header at all."""
+    srv = Served(S.create_app(demo.model, NAME, api_key=KEY, cors_origins=["http://app.test"], log=lambda line: None))
+    try:
+        with httpx.Client(base_url=srv.base, timeout=60) as h:
+            pre = h.options("/v1/chat/completions", headers={
+                "Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type"})
+            assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://app.test"
+            other = h.options("/v1/chat/completions", headers={"Origin": "http://evil.test",
+                                                               "Access-Control-Request-Method": "POST"})
+            assert "access-control-allow-origin" not in other.headers
+            r = h.get("/v1/models", headers={"Origin": "http://app.test", "Authorization": f"Bearer {KEY}"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.test"
+            assert h.get("/v1/models", headers={"Origin": "http://app.test"}).status_code == 401  # key still needed
+    finally:
+        srv.stop()
+    r = demo.http.get("/v1/models", headers={"Origin": "http://app.test"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
 def test_unknown_model_404(demo):
     with pytest.raises(openai.NotFoundError) as e:
         chat(demo, model="gpt-4o")
