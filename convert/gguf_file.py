@@ -9,9 +9,7 @@ inside the file. Write: header, key/values and tensor infos first, then the tens
 time, into a temporary file renamed into place when complete.
 """
 import mmap
-import os
 import struct
-import tempfile
 
 import numpy as np
 
@@ -215,30 +213,16 @@ class GGUFWriter:
         return head + b"\0" * ((-len(head)) % ALIGNMENT)
 
     def write(self, out, tensors):
-        d = os.path.dirname(os.path.abspath(out))
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._head())
-                n = 0
-                for info, data in zip(self.infos, tensors):
-                    n += 1
-                    b = memoryview(np.ascontiguousarray(data)).cast("B")
-                    if len(b) != info.nbytes:
-                        raise RuntimeError(f"{info.name}: {len(b)} bytes, expected {info.nbytes}")
-                    f.write(b)
-                    f.write(b"\0" * ((-len(b)) % ALIGNMENT))
-                if n != len(self.infos):
-                    raise RuntimeError(f"{n} tensors written, {len(self.infos)} announced")
-                f.flush()
-                os.fsync(f.fileno())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the usual mode
-            os.replace(tmp, out)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        from .writer import replaced_when_done
+        with replaced_when_done(out) as f:
+            f.write(self._head())
+            n = 0
+            for info, data in zip(self.infos, tensors):
+                n += 1
+                b = memoryview(np.ascontiguousarray(data)).cast("B")
+                if len(b) != info.nbytes:
+                    raise RuntimeError(f"{info.name}: {len(b)} bytes, expected {info.nbytes}")
+                f.write(b)
+                f.write(b"\0" * ((-len(b)) % ALIGNMENT))
+            if n != len(self.infos):
+                raise RuntimeError(f"{n} tensors written, {len(self.infos)} announced")

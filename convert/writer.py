@@ -5,6 +5,7 @@ first and each tensor's bytes follow, a block of rows at a time. The file is wri
 temporary name beside the output and renamed into place only when complete: an error or Ctrl-C
 never leaves a partial file at the output path.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -65,13 +66,22 @@ def write_file(out, parts, metadata, fill):
     if free < total:
         raise GlmcpuError(f"not enough disk space for {out}: need {total / 1e9:.2f} GB, "
                           f"{free / 1e9:.2f} GB free")
+    with replaced_when_done(out) as f:
+        f.write(head)
+        w = _PartWriter(f, len(head))
+        fill(w)
+        w.finish(data_size)
+    return total
+
+
+@contextlib.contextmanager
+def replaced_when_done(out):
+    """A binary file to write ``out`` through: a temporary file beside it, synced and renamed into
+    place when the block ends normally, deleted on any error or interrupt (``out`` untouched)."""
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=os.path.dirname(out))
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            w = _PartWriter(f, len(head))
-            fill(w)
-            w.finish(data_size)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
@@ -82,7 +92,6 @@ def write_file(out, parts, metadata, fill):
         except OSError:
             pass
         raise
-    return total
 
 
 def _umask():

@@ -64,6 +64,16 @@ def _f16_at(w, r, o):
 
 
 @njit(cache=True, inline="always")
+def _scale_min_k4(w, r, o, j):
+    """ggml's get_scale_min_k4: the 6-bit scale and minimum of sub-block j of the q4_K / q5_K
+    super-block at w[r, o:] (their 12 bytes start at o + 4)."""
+    if j < 4:
+        return np.int32(w[r, o + 4 + j] & 63), np.int32(w[r, o + 8 + j] & 63)
+    return (np.int32((w[r, o + 8 + j] & 15) | ((w[r, o + j] >> 6) << 4)),
+            np.int32((w[r, o + 8 + j] >> 4) | ((w[r, o + 4 + j] >> 6) << 4)))
+
+
+@njit(cache=True, inline="always")
 def _unpack_k45(rq, rd, rdm, rm, w, r, bpb, high_bits):
     """Row r of q4_K (bpb 144) / q5_K (176): rq[e] = q_e * sc[sub-block of e], rd/rdm[i] = d/dmin,
     rm[16 i + g] = the minimum of the sub-block holding 16-group g (ggml's m[g / 2])."""
@@ -73,12 +83,7 @@ def _unpack_k45(rq, rd, rdm, rm, w, r, bpb, high_bits):
         rd[i] = _f16_at(w, r, o)
         rdm[i] = _f16_at(w, r, o + 2)
         for j in range(8):
-            if j < 4:
-                sc = np.int32(w[r, o + 4 + j] & 63)
-                mn = np.int32(w[r, o + 8 + j] & 63)
-            else:
-                sc = np.int32((w[r, o + 8 + j] & 15) | ((w[r, o + j] >> 6) << 4))
-                mn = np.int32((w[r, o + 8 + j] >> 4) | ((w[r, o + 4 + j] >> 6) << 4))
+            sc, mn = _scale_min_k4(w, r, o, j)
             rm[16 * i + 2 * j] = mn
             rm[16 * i + 2 * j + 1] = mn
             shift = 4 * (j % 2)
@@ -88,6 +93,15 @@ def _unpack_k45(rq, rd, rdm, rm, w, r, bpb, high_bits):
                 if high_bits:
                     v |= np.int32((w[r, o + 16 + l] >> j) & 1) << 4
                 rq[QK_K * i + 32 * j + l] = v * sc
+
+
+@njit(cache=True, inline="always")
+def _q6_at(w, r, o, h, k, l):
+    """q - 32 of element 128h + 32k + l of the q6_K block at w[r, o:]."""
+    lo = w[r, o + 64 * h + 32 * (k % 2) + l]
+    low = np.int32(lo & 15) if k < 2 else np.int32(lo >> 4)
+    high = np.int32((w[r, o + 128 + 32 * h + l] >> (2 * k)) & 3)
+    return (low | (high << 4)) - 32
 
 
 @njit(cache=True, inline="always")
@@ -101,11 +115,7 @@ def _unpack_q6(rq, rd, w, r):
             for k in range(4):
                 for l in range(32):
                     e = 128 * h + 32 * k + l
-                    lo = w[r, o + 64 * h + 32 * (k % 2) + l]
-                    low = np.int32(lo & 15) if k < 2 else np.int32(lo >> 4)
-                    high = np.int32((w[r, o + 128 + 32 * h + l] >> (2 * k)) & 3)
-                    sc = np.int32(np.int8(w[r, o + 192 + e // 16]))
-                    rq[QK_K * i + e] = ((low | (high << 4)) - 32) * sc
+                    rq[QK_K * i + e] = _q6_at(w, r, o, h, k, l) * np.int32(np.int8(w[r, o + 192 + e // 16]))
 
 
 @njit(cache=True, inline="always")
@@ -171,21 +181,13 @@ def dequant_rows_kquant(out, w, ids, kind):
                     for k in range(4):
                         for l in range(32):
                             e = 128 * h + 32 * k + l
-                            lo = w[r, o + 64 * h + 32 * (k % 2) + l]
-                            low = np.int32(lo & 15) if k < 2 else np.int32(lo >> 4)
-                            high = np.int32((w[r, o + 128 + 32 * h + l] >> (2 * k)) & 3)
                             sc = np.float32(np.int8(w[r, o + 192 + e // 16]))
-                            out[n, QK_K * i + e] = np.float32(np.float32(d * sc) * np.float32((low | (high << 4)) - 32))
+                            out[n, QK_K * i + e] = np.float32(np.float32(d * sc) * np.float32(_q6_at(w, r, o, h, k, l)))
                 continue
             d = _f16_at(w, r, o)
             dmin = _f16_at(w, r, o + 2)
             for j in range(8):
-                if j < 4:
-                    sc = np.int32(w[r, o + 4 + j] & 63)
-                    mn = np.int32(w[r, o + 8 + j] & 63)
-                else:
-                    sc = np.int32((w[r, o + 8 + j] & 15) | ((w[r, o + j] >> 6) << 4))
-                    mn = np.int32((w[r, o + 8 + j] >> 4) | ((w[r, o + 4 + j] >> 6) << 4))
+                sc, mn = _scale_min_k4(w, r, o, j)
                 d1 = np.float32(d * np.float32(sc))
                 m1 = np.float32(dmin * np.float32(mn))
                 shift = 4 * (j % 2)
