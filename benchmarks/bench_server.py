@@ -4,7 +4,9 @@
 
 Both sides generate the same seeded reply from an empty KV cache (the server's prefix reuse is
 defeated by a fresh model reset before each run), streamed piece by piece; medians of --reps.
-Prints one row per side and the server's overhead per token.
+Prints one row per side and the server's overhead per token. A third row sends the same request
+with a JSON-schema ``response_format`` (a different reply, the same number of tokens): its extra
+time per token is the grammar mask's cost (llguidance).
 """
 import argparse
 import json
@@ -44,11 +46,17 @@ def _direct(model, ids, n):
     return first - t0, req.result.completion_tokens, end - first
 
 
-def over_http(http, model, prompt, n):
+SCHEMA = {"type": "json_schema", "json_schema": {"name": "poem", "schema": {
+    "type": "object", "properties": {"poem": {"type": "string"}}, "required": ["poem"]}}}
+
+
+def over_http(http, model, prompt, n, response_format=None):
     import httpx  # noqa: F401  (the server extra)
     model.reset()
     body = {"model": "bench", "prompt": prompt, "max_tokens": n, **SAMPLING, "stream": True,
             "stream_options": {"include_usage": True}}
+    if response_format:
+        body["response_format"] = response_format
     t0 = time.perf_counter()
     first, tokens = None, 0
     with http.stream("POST", "/v1/completions", json=body) as r:
@@ -87,13 +95,15 @@ def main(argv=None):
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    rows = {"python": [], "http": []}
+    rows = {"python": [], "http": [], "http+json": []}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
-        direct(model, ids, a.n)  # warm up both paths (numba loads its cached kernels on first use)
+        direct(model, ids, a.n)  # warm up every path (numba loads its cached kernels on first use)
         over_http(http, model, a.prompt, a.n)
-        for _ in range(a.reps):  # alternate the two sides so load changes hit both
+        over_http(http, model, a.prompt, a.n, SCHEMA)
+        for _ in range(a.reps):  # alternate the sides so load changes hit all of them
             rows["python"].append(direct(model, ids, a.n))
             rows["http"].append(over_http(http, model, a.prompt, a.n))
+            rows["http+json"].append(over_http(http, model, a.prompt, a.n, SCHEMA))
     server.should_exit = True
     thread.join()
     print(f"model {model.path} ({model.family}), prompt {len(ids)} tokens, {a.n} new, median of {a.reps}")
@@ -104,6 +114,7 @@ def main(argv=None):
         speed[side] = tps
         print(f"{side:8s} ttft {ttft * 1000:8.1f} ms   decode {tps:7.2f} tok/s   tokens {runs[-1][1]}")
     print(f"server overhead per token: {(speed['python'] / speed['http'] - 1) * 100:+.1f}%")
+    print(f"grammar mask per token: {(1 / speed['http+json'] - 1 / speed['http']) * 1000:+.2f} ms")
     return 0
 
 
