@@ -127,8 +127,10 @@ def _dot_row(rq, rd, rdm, rm, aq, ad, asum, t, nb, with_min, aux, sums):
     for i in range(nb):
         for l in range(8):
             aux[l] = 0
-        for e in range(QK_K):
-            aux[e % 8] += rq[QK_K * i + e] * np.int32(aq[t, QK_K * i + e])
+        base = QK_K * i
+        for k in range(QK_K // 8):          # 8 lanes side by side: one vector of int32 sums
+            for l in range(8):
+                aux[l] += rq[base + 8 * k + l] * np.int32(aq[t, base + 8 * k + l])
         d = np.float32(rd[i] * ad[t, i])
         for l in range(8):
             sums[l] = np.float32(sums[l] + np.float32(d * np.float32(aux[l])))
