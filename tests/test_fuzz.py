@@ -620,3 +620,21 @@ def test_config_json_regressions(sources, tmp_path, text):
     files = dict(sources["hf-st"].files, **{"config.json": text})
     with pytest.raises(GlmcpuError, match="config.json: not valid JSON"):
         Checkpoint(F.write_case("hf", files, str(tmp_path)))
+
+
+def test_worker_memory_is_its_own_not_the_parents(tmp_path):
+    """The worker's peak-memory check measures the worker alone: a test process that has grown
+    large (as the full suite's does) must not make every case a "memory" finding (CI, 2026-11-24:
+    getrusage's ru_maxrss carries the parent's peak across fork and exec)."""
+    import numpy as np
+    ballast = np.ones(60_000_000, np.float64)  # this process: +480 MB resident
+    w = F.Worker(mem_limit_mb=3072, rss_limit_mb=400, timeout=120)
+    try:
+        empty = tmp_path / "empty.glmq"
+        empty.write_bytes(b"")
+        res = w.run("model", str(empty))
+    finally:
+        w.stop()
+    assert res["outcome"] == "error" and "0 bytes" in res["message"], res
+    assert res["maxrss_mb"] < 400
+    del ballast

@@ -780,9 +780,24 @@ def worker_main(mem_limit):
         except BaseException as e:  # noqa: B902 - every other exception is what we look for
             res = {"outcome": "exception", "message": f"{type(e).__name__}: {str(e)[:300]}",
                    "traceback": traceback.format_exc()[-3000:]}
-        res["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["maxrss_mb"] = _peak_rss_mb()
         out.write(json.dumps(res) + "\n")
         out.flush()
+
+
+def _peak_rss_mb():
+    """This process's own peak resident memory: VmHWM, the high-water mark of its address space.
+    (getrusage's ru_maxrss is not it: Linux carries the parent's peak across fork and exec, so a
+    worker started by a big pytest process would report the parent's size.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Worker:
