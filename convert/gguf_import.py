@@ -33,8 +33,8 @@ class GGUFTensor:
         return self._f.data(self._info)[r0:r1]
 
     def rows_f32(self, r0=None, r1=None):
-        """Dequantized rows: through the registry (F32, F16, BF16, Q8_0, Q4_0, Q4_1) or
-        convert/ggml_dequant.py (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K); other types are refused naming the tensor."""
+        """Dequantized rows: through the registry (every type glmcpu stores) or
+        convert/ggml_dequant.py (Q5_1); other types are refused naming the tensor."""
         raw, cols = self.ggml_rows(r0, r1), self.shape[-1]
         q = qtypes.BY_GGML_TYPE.get(self.ggml_type)
         if q is not None:

@@ -1,11 +1,11 @@
-"""Dequantizers of the ggml types a GGUF may hold and glmcpu requantizes (convert/ggml_dequant.py),
-against the gguf package's independent numpy port of ggml."""
+"""Dequantizers of the ggml types a GGUF may hold, glmcpu does not store, and requantizes with
+--dtype (convert/ggml_dequant.py), against the gguf package's independent numpy port of ggml. (The
+stored types' dequantizers are tested through the registry in test_qtypes.py.)"""
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants as G
 
-from glmcpu import kquants
 from glmcpu.convert import ggml_dequant
 
 RNG = np.random.default_rng(3)
@@ -22,10 +22,7 @@ def _rows():
 @pytest.mark.parametrize("name", sorted(ggml_dequant.DEQUANTIZE))
 def test_dequantize_equals_ggml(name):
     x = _rows()
-    if name.endswith("_K"):  # the gguf package cannot quantize K types: ggml's quantizer port does
-        raw = kquants.QUANTIZE[name[:-1].lower() + "K"](x)
-    else:
-        raw = G.quantize(x, getattr(T, name)).view(np.uint8)
+    raw = G.quantize(x, getattr(T, name)).view(np.uint8)
     ours = ggml_dequant.DEQUANTIZE[name](raw, x.shape[1])
     ref = G.dequantize(raw, getattr(T, name)).astype(np.float32).reshape(x.shape)
     assert ours.dtype == np.float32 and ours.shape == x.shape
