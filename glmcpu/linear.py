@@ -57,20 +57,31 @@ class Workspace:
                                if self.avx2 else None)
         return self._act[n_in]
 
+    def unpacked_rows(self):
+        """For the Linears stored as ggml's rows (allocated at load, when the first asks): per-range
+        scratch for one unpacked row, rq [n_ranges, max_in] int32 (the values)."""
+        if not hasattr(self, "rq"):
+            self.rq = np.zeros((self.n_ranges, self.xq.shape[1]), np.int32)
+        return self.rq
+
+    def q5_0(self):
+        """q5_0's per-range scratch: (rq, rd32 [n_ranges, max_in / 32] float32, a row's block scales)."""
+        if not hasattr(self, "rd32"):
+            self.rd32 = np.zeros((self.n_ranges, self.xq.shape[1] // 32), np.float32)
+        return self.unpacked_rows(), self.rd32
+
     def kquant(self, n_in):
         """For the K-quant Linears (allocated at load, when the first asks): per-range row scratch
         (rq, rd, rdm, rm) and views [chunk, ...] of the q8_K activations of width n_in (aq, ad, asum)."""
-        if not hasattr(self, "rq"):
+        if not hasattr(self, "kd"):
             n, (c, m) = self.n_ranges, self.xq.shape
-            self.rq = np.zeros((n, m), np.int32)
             self.rd = np.zeros((n, m // 256), np.float32)
             self.rdm = np.zeros((n, m // 256), np.float32)
             self.rm = np.zeros((n, m // 16), np.int32)
             self.kd = np.zeros((c, m // 256), np.float32)
             self.ksum = np.zeros((c, m // 16), np.int32)
-            self.rd32 = np.zeros((n, m // 32), np.float32)  # q5_0: a row's block scales
         c = self.xq.shape[0]
-        return ((self.rq, self.rd, self.rdm, self.rm),
+        return ((self.unpacked_rows(), self.rd, self.rdm, self.rm),
                 (self.xq.reshape(-1)[: c * n_in].reshape(c, n_in),
                  self.kd.reshape(-1)[: c * (n_in // 256)].reshape(c, n_in // 256),
                  self.ksum.reshape(-1)[: c * (n_in // 16)].reshape(c, n_in // 16)))
@@ -161,8 +172,7 @@ class LinearQ5_0:
     def __init__(self, w, ws):
         self.w, self.ws = w, ws
         self.n_out, self.n_in = w.shape[0], w.shape[1] // 22 * 32
-        (self.rq, _, _, _), _ = ws.kquant(self.n_in)
-        self.rd = ws.rd32
+        self.rq, self.rd = ws.q5_0()
         self.xq, self.xd, self.xs, _ = ws.act(self.n_in)
 
     def __call__(self, out, x):
