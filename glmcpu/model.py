@@ -42,7 +42,8 @@ class Model:
         self.n_ctx = int(n_ctx)
         self.n_past = 0
         self.tokens = []  # the token ids whose keys and values are in the cache
-        self.last_stats = {}
+        self.last_stats = {}  # of the last generate / chat / run: token counts, timings, finish, text
+        self.last_result = None
         self._tokenizer = None
         if self.file.tokenizer_info:
             from .tokenizer import load_tokenizer
@@ -62,10 +63,24 @@ class Model:
         if hasattr(self.arch, "reset"):
             self.arch.reset()
 
-    def _rewind(self, n):
+    def rewind(self, n):
         """Keep only the first n cached tokens (their keys and values stay valid: causal attention)."""
-        self.n_past = n
-        del self.tokens[n:]
+        if n <= 0:
+            self.reset()
+            return
+        self.n_past = min(n, self.n_past)
+        del self.tokens[self.n_past:]
+
+    def cached_prefix(self, ids):
+        """How many leading tokens of ``ids`` are in the cache and can stay there (the prefix cache):
+        at most len(ids) - 1, so that the last prompt token is computed and gives the logits; 0 for
+        an architecture whose cached keys depend on the whole prompt (ChatGLM-6B)."""
+        if not self.arch.reuse_cache:
+            return 0
+        keep, limit = 0, min(len(ids) - 1, len(self.tokens))
+        while keep < limit and self.tokens[keep] == ids[keep]:
+            keep += 1
+        return keep
 
     def forward(self, token_ids, all_logits=True):
         """Logits for ``token_ids`` (appended to the cache): float32 [T, vocab_size].
@@ -101,7 +116,7 @@ class Model:
             self.n_past += c1 - c0
             self.tokens.extend(int(t) for t in ids[c0:c1])
         if K.has_nonfinite(logits):
-            self._rewind(self.n_past - T)
+            self.rewind(self.n_past - T)
             raise GlmcpuError(f"{self.path}: the forward pass produced NaN or infinite logits "
                               f"(positions {self.n_past}..{self.n_past + T - 1}); the weights overflow float32 "
                               f"arithmetic or the file is corrupted: convert the checkpoint again (--dtype f32)")
@@ -119,22 +134,30 @@ class Model:
         return self._family.chat_prompt(self.tokenizer, messages, tools=tools, parse_special=parse_special,
                                         template=self.chat_template)
 
-    def generate(self, prompt, stream=True, **sampling):
+    def generate(self, prompt, stream=True, stop=(), presence_penalty=0.0, frequency_penalty=0.0, **sampling):
         """Continue ``prompt`` (a string, encoded with the family's [gMASK]/sop prefix or v1's
         suffix, or a list of token ids used as is). Yields text pieces (stream=True) or returns
-        the whole text. Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p,
-        repetition_penalty, seed. Starts from an empty cache."""
+        the whole text. Sampling (glmcpu.generate.SamplingParams): max_new_tokens, temperature
+        (0 = greedy), top_k, top_p, repetition_penalty, seed; ``stop`` strings end the text and are
+        not part of it; presence / frequency penalties as OpenAI defines them. Starts from an
+        empty cache. The result (finish reason, token counts, timings) is in ``last_result``."""
+        from .generate import SamplingParams
+        from .requests import GenerationRequest
         ids = self.tokenizer.encode(prompt, add_special_tokens=True) if isinstance(prompt, str) \
             else [int(t) for t in prompt]
-        it = self._generate(ids, reuse=False, **sampling)
+        req = GenerationRequest(ids, SamplingParams(**sampling), stop=stop, reuse_cache=False,
+                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
+        it = self.run(req)
         return it if stream else "".join(it)
 
-    def chat(self, messages, stream=True, notify=None, **sampling):
-        """Reply to messages (see chat_prompt). The cache is reused across turns: only the part of
-        the prompt that differs from what is cached is computed. If the conversation does not fit
-        in the context, the oldest turns are dropped (system prompt kept) and ``notify`` (default:
-        print to stderr) is told."""
+    def chat(self, messages, stream=True, notify=None, stop=(), presence_penalty=0.0, frequency_penalty=0.0,
+             **sampling):
+        """Reply to messages (see chat_prompt); the other arguments as for generate. The cache is
+        reused across turns: only the part of the prompt that differs from what is cached is
+        computed. If the conversation does not fit in the context, the oldest turns are dropped
+        (system prompt kept) and ``notify`` (default: print to stderr) is told."""
         from .generate import SamplingParams
+        from .requests import GenerationRequest
         notify = notify or (lambda msg: print(msg, file=sys.stderr))
         params = SamplingParams(**sampling)
         messages = list(messages)
@@ -152,61 +175,27 @@ class Model:
             ids = self.chat_prompt(messages)
         if dropped:
             notify(f"[context full: dropped the {dropped} oldest message(s) to fit n_ctx={self.n_ctx}]")
-        it = self._generate(ids, reuse=self.arch.reuse_cache, params=params)
+        req = GenerationRequest(ids, params, stop=stop, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty)
+        it = self.run(req)
         return it if stream else "".join(it)
 
-    def _generate(self, ids, reuse, params=None, **sampling):
-        from .chat import stop_ids
-        from .generate import Sampler, SamplingParams, StreamDecoder
-        params = params or SamplingParams(**sampling)
-        tok = self.tokenizer
-        if not ids:
-            raise GlmcpuError("empty prompt")
-        if len(ids) >= self.n_ctx:
-            raise GlmcpuError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx}; "
-                              f"use a larger context (--ctx / n_ctx) or a shorter prompt")
-        bad = [t for t in ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise GlmcpuError(f"token id {bad[0]} is out of range for vocab_size {self.vocab_size}")
-        return self._generate_iter(ids, reuse, params, stop_ids(tok, self.config.eos_token_ids),
-                                   Sampler(params), StreamDecoder(tok))
+    def run(self, request, cancelled=None):
+        """Generate for a glmcpu.requests.GenerationRequest: checks it now (a GlmcpuError here, not
+        at the first piece), then returns the iterator of text pieces (glmcpu.requests.run). When
+        it ends, ``request.result`` is the CompletionResult and also ``last_result``."""
+        from . import requests
+        requests.check(self, request)
+        return self._run(requests.run(self, request, cancelled), request)
 
-    def _generate_iter(self, ids, reuse, params, stops, sampler, dec):
-        keep = 0
-        if reuse:
-            while keep < min(len(ids) - 1, len(self.tokens)) and self.tokens[keep] == ids[keep]:
-                keep += 1
-        self._rewind(keep)
-        stats = self.last_stats = {"prompt_tokens": len(ids), "cached_tokens": keep, "new_tokens": 0,
-                                   "finish": None}
-        t0 = time.perf_counter()
-        logits = self.forward(ids[keep:], all_logits=False)[0]
-        stats["prefill_s"] = time.perf_counter() - t0
-        seen = list(ids)
-        t1 = time.perf_counter()
+    def _run(self, pieces, request):
         try:
-            for _ in range(params.max_new_tokens):
-                nxt = sampler(logits, seen)
-                if nxt in stops:
-                    stats["finish"] = "stop"
-                    break
-                seen.append(nxt)
-                stats["new_tokens"] += 1
-                piece = dec.push(nxt)
-                if piece:
-                    yield piece
-                if self.n_past >= self.n_ctx:
-                    stats["finish"] = "context full"
-                    break
-                logits = self.forward([nxt], all_logits=False)[0]
-            else:
-                stats["finish"] = "length"
-            piece = dec.flush()
-            if piece:
-                yield piece
+            yield from pieces
         finally:
-            stats["decode_s"] = time.perf_counter() - t1
-            stats["text"] = dec.emitted
+            r = self.last_result = request.result
+            self.last_stats = {"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens,
+                               "new_tokens": r.completion_tokens, "finish": r.finish_reason,
+                               "prefill_s": r.prefill_s, "decode_s": r.decode_s, "text": r.text}
 
     def __repr__(self):
         return f"<glmcpu.Model {self.family} {self.path!r} n_ctx={self.n_ctx} threads={self.threads}>"

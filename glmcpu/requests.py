@@ -32,6 +32,7 @@ class CompletionResult:
         self.finish_reason = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.token_ids = []  # the generated ids (a stop token not included)
         self.cached_tokens = 0
         self.tool_calls = None
         self.prefill_s = 0.0
@@ -114,24 +115,30 @@ class StopMatcher:
         return piece
 
 
+def check(model, request):
+    """Refuse a request the model cannot run, before any work: a prompt that leaves no room to
+    reply in the context, token ids outside the vocabulary."""
+    ids = request.prompt_ids
+    if len(ids) >= model.n_ctx:
+        raise GlmcpuError(f"prompt is {len(ids)} tokens but the context holds {model.n_ctx}; "
+                          f"use a larger context (--ctx / n_ctx) or a shorter prompt")
+    bad = [t for t in ids if not 0 <= t < model.vocab_size]
+    if bad:
+        raise GlmcpuError(f"token id {bad[0]} is out of range for vocab_size {model.vocab_size}")
+
+
 def run(model, request, cancelled=None):
     """Generate for ``request`` on ``model`` (one at a time: the caller serializes). Yields text pieces
-    whose concatenation is request.result.text."""
+    whose concatenation is request.result.text. The prompt's longest prefix already in the cache is
+    kept (model.cached_prefix) and only the rest is computed."""
     from .chat import stop_ids
+    check(model, request)
     ids, params, res, con = request.prompt_ids, request.params, request.result, request.constraint
-    if len(ids) >= model.n_ctx:
-        raise GlmcpuError(f"prompt is {len(ids)} tokens but the context holds {model.n_ctx}")
     tok = model.tokenizer
     stops = stop_ids(tok, model.config.eos_token_ids)
     sampler, dec, matcher = Sampler(params), StreamDecoder(tok), StopMatcher(request.stop)
-    keep = 0
-    if request.reuse_cache and model.arch.reuse_cache and not request.prompt_logprobs:
-        while keep < min(len(ids) - 1, len(model.tokens)) and model.tokens[keep] == ids[keep]:
-            keep += 1
-    if keep:
-        model._rewind(keep)
-    else:
-        model.reset()
+    keep = model.cached_prefix(ids) if request.reuse_cache and not request.prompt_logprobs else 0
+    model.rewind(keep)
     res.prompt_tokens, res.cached_tokens = len(ids), keep
     out = []
     t0 = time.perf_counter()
@@ -146,7 +153,7 @@ def run(model, request, cancelled=None):
         else:
             logits = model.forward(ids[keep:], all_logits=False)[0]
         res.prefill_s = time.perf_counter() - t0
-        seen, gen = list(ids), []
+        seen, gen = list(ids), res.token_ids
         penalized = request.presence_penalty != 0 or request.frequency_penalty != 0
         counts = {}
         limit = min(params.max_new_tokens, model.n_ctx - len(ids))

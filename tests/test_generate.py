@@ -64,8 +64,11 @@ def test_streaming_random_text_never_splits_a_character(models, fam):
     pieces = list(m.generate("你好", temperature=1.5, top_p=1.0, max_new_tokens=300, seed=7))
     full = m.last_stats["text"]
     assert "".join(pieces) == full
-    generated = m.tokens[len(m.tokenizer.encode("你好", add_special_tokens=True)):]
-    assert full == m.tokenizer.decode(generated[:m.last_stats["new_tokens"]], skip_special_tokens=True)
+    generated = m.last_result.token_ids
+    assert len(generated) == m.last_stats["new_tokens"] == 300
+    prompt = m.tokenizer.encode("你好", add_special_tokens=True)
+    assert m.tokens == prompt + generated[:-1]  # the last token was drawn but never needed in the cache
+    assert full == m.tokenizer.decode(generated, skip_special_tokens=True)
 
 
 def test_stream_decoder_on_byte_fallback_emoji():
@@ -141,7 +144,8 @@ def test_chat_drops_oldest_turns_when_context_is_full(models):
     reply = m.chat(msgs, stream=False, notify=notes.append, temperature=0, max_new_tokens=200)
     assert notes and "dropped" in notes[0]
     assert isinstance(reply, str) and m.n_past <= 96
-    assert m.last_stats["finish"] in ("stop", "context full")
+    r = m.last_result
+    assert r.finish_reason == "stop" or (r.finish_reason == "length" and r.prompt_tokens + r.completion_tokens == 96)
     with pytest.raises(glmcpu.GlmcpuError, match="context holds 96"):
         m.chat([{"role": "user", "content": "长" * 400}], stream=False)
 
@@ -158,9 +162,10 @@ def test_stop_token_ends_reply(tmp_path):
     assert m.generate("x", stream=False, temperature=0, max_new_tokens=5) == m.tokenizer.decode([36474] * 5)
     assert m.last_stats["finish"] == "length"
     out = m.generate("x", stream=False, temperature=0, max_new_tokens=500)
-    assert m.last_stats["finish"] == "context full" and m.n_past == 64
     n_prompt = len(m.tokenizer.encode("x", add_special_tokens=True))
-    assert out == m.tokenizer.decode([36474] * (64 - n_prompt + 1))  # the last token is emitted, not fed
+    # clipped to the context: prompt + reply = n_ctx; the last token is emitted, never fed
+    assert m.last_stats["finish"] == "length" and m.last_stats["new_tokens"] == 64 - n_prompt and m.n_past == 63
+    assert out == m.tokenizer.decode([36474] * (64 - n_prompt))
 
 
 def test_model_without_tokenizer_says_so(converted):
