@@ -63,7 +63,7 @@ def weight_bytes_per_token(mf):
 
 
 def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_lengths=(128, 512),
-        decode_contexts=(128, 1024), decode_tokens=128, sweep=None, bandwidth=True, log=None):
+        decode_contexts=(128, 1024), decode_tokens=128, sweep=None, bandwidth=True, log=None, kv="f16"):
     import numba
     import glmcpu
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -71,9 +71,10 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "python": platform.python_version(),
            "numba": numba.__version__, "numpy": np.__version__}
     t0 = time.perf_counter()
-    m = glmcpu.load(path, n_ctx=n_ctx, threads=threads)
+    m = glmcpu.load(path, n_ctx=n_ctx, threads=threads, kv=kv)
     res["load_s"] = time.perf_counter() - t0
-    res.update(threads=m.threads, family=m.family, n_ctx=n_ctx, quantization=m.file.quantization)
+    res.update(threads=m.threads, family=m.family, n_ctx=n_ctx, quantization=m.file.quantization, kv=kv,
+               kv_bytes=m.arch.kv_bytes())
     from llvmlite import binding as llvm_binding
     feats = llvm_binding.get_host_cpu_features()
     res["cpu"] = llvm_binding.get_host_cpu_name() + "".join(
@@ -182,6 +183,7 @@ def markdown(results):
             typ += f"/g{q['group_size']}"
         if typ.startswith("q4") and r.get("kernels_4bit"):
             typ += f" {r['kernels_4bit']}"
+        typ += f", KV {r.get('kv', 'f32')}"  # results from before the f16 cache had a float32 one
         d128 = get(r.get("decode"), 128) or {}
         row = [os.path.basename(r["file"]), typ, str(r["threads"]), f"{r['file_bytes'] / 1e9:.2f} GB",
                f"{r['load_s']:.2f}", f"{r['compile_s']:.1f}", cell(r.get("prefill"), 128), cell(r.get("prefill"), 512),
@@ -219,6 +221,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
     ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--kv", default="f16", choices=["f16", "f32"], help="KV cache type (default f16)")
     ap.add_argument("--full-prefill", action="store_true", help="really compute the prompt before decode runs")
     ap.add_argument("--quick", action="store_true", help="short prompts and few tokens (smoke test)")
     ap.add_argument("--no-bandwidth", action="store_true", help="skip the memory bandwidth measurement")
@@ -236,7 +239,7 @@ def main(argv=None):
     if args.quick and args.plot:
         sweep = (16, 64, 128)
     res = run(args.model, threads=args.threads, repeat=args.repeat, n_ctx=args.ctx, full_prefill=args.full_prefill,
-              sweep=sweep, bandwidth=not args.no_bandwidth and not args.quick, **kw)
+              sweep=sweep, bandwidth=not args.no_bandwidth and not args.quick, kv=args.kv, **kw)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1, default=str)

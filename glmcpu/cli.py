@@ -113,7 +113,7 @@ def cmd_verify(args):
         raise GlmcpuError(f"{args.expected}: not an expected.npz with prompt_ids, prefill_logits, "
                           f"decode_ids and decode_logits ({err})") from None
     t0 = time.perf_counter()
-    m = load(args.file, n_ctx=len(prompt) + len(dec_ids), threads=args.threads, mode=args.mode)
+    m = load(args.file, n_ctx=len(prompt) + len(dec_ids), threads=args.threads, mode=args.mode, kv=args.kv)
     print(f"loaded {args.file} ({m.family}, {args.mode} mode) in {time.perf_counter() - t0:.2f}s")
     scale = float(np.abs(pre).max())
     worst = 0.0
@@ -185,7 +185,7 @@ def cmd_perplexity(args):
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise GlmcpuError(f"{args.file}: cannot read the text ({e})") from None
-    model = load(path, n_ctx=args.ctx, threads=args.threads)
+    model = load(path, n_ctx=args.ctx, threads=args.threads, kv=args.kv)
     t0 = time.perf_counter()
     ppl, n = perplexity(model, text, stride=args.stride, progress=None if not args.quiet else False)
     print(f"{n} tokens scored with a {model.n_ctx}-token window in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -195,8 +195,12 @@ def cmd_perplexity(args):
 def cmd_run(args):
     from glmcpu import load
     t0 = time.perf_counter()
-    model = load(default_model(args), n_ctx=args.ctx, threads=args.threads)
+    model = load(default_model(args), n_ctx=args.ctx, threads=args.threads, kv=args.kv)
     load_s = time.perf_counter() - t0
+    if args.verbose:
+        print(f"[{model.family}, {model.threads} threads | KV cache {model.kv}, n_ctx {model.n_ctx}: "
+              f"{model.arch.kv_bytes() / 1e6:.1f} MB | buffers {model.arch.scratch_bytes() / 1e6:.1f} MB]",
+              file=sys.stderr)
     model.tokenizer  # fails now, with one line, if the file has no tokenizer
     chat = model.is_chat and not args.raw
     sampling = _sampling(args)
@@ -265,6 +269,11 @@ def cmd_serve(args):
     return serve_main(args)
 
 
+def add_kv_argument(p):
+    p.add_argument("--kv", default="f16", choices=["f16", "f32"],
+                   help="KV cache type: f16 (default, half the memory) or f32 (the official arithmetic)")
+
+
 def build_parser():
     from glmcpu import __version__, families
     p = argparse.ArgumentParser(prog="glmcpu", description="ChatGLM inference on the CPU (numpy + numba).")
@@ -309,6 +318,8 @@ def build_parser():
     v.add_argument("--threads", type=int, default=None)
     v.add_argument("--mode", default="fast", choices=["fast", "exact", "reference"],
                    help="fast kernels (default), exact (dequantized float32 weights) or the numpy reference")
+    v.add_argument("--kv", default="f32", choices=["f16", "f32"],
+                   help="KV cache type (default f32: the official arithmetic, as the reference computed it)")
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("run", help="chat with a model (or complete text with a base model)")
@@ -318,6 +329,7 @@ def build_parser():
     r.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
     r.add_argument("--threads", type=int, default=None, help="default: all physical cores")
     r.add_argument("--ctx", type=int, default=4096, help="context length in tokens (default 4096)")
+    add_kv_argument(r)
     r.add_argument("-n", "--max-new-tokens", type=int, default=512)
     r.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
     r.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
@@ -332,9 +344,13 @@ def build_parser():
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--ctx", type=int, default=4096, help="context length in tokens (default 4096)")
     s.add_argument("--threads", type=int, default=None, help="default: all physical cores")
+    add_kv_argument(s)
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     s.add_argument("--model-name", default=None, help="model id clients send (default: the file name without extension)")
     s.add_argument("--max-queue", type=int, default=8, help="requests that may wait beyond the running one")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow web pages from ORIGIN (e.g. http://localhost:3000, or '*') to call the API; "
+                        "repeat for several (default: none)")
     s.set_defaults(func=cmd_serve)
     pp = sub.add_parser("perplexity", help="perplexity of a model over a text file")
     pp.add_argument("-m", "--model", help="model file (default: the built-in demo model)")
@@ -342,6 +358,7 @@ def build_parser():
     pp.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
     pp.add_argument("--stride", type=int, default=None, help="window step (default ctx / 2)")
     pp.add_argument("--threads", type=int, default=None)
+    add_kv_argument(pp)
     pp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pp.set_defaults(func=cmd_perplexity)
     sub.add_parser("bench", help="speed of a model file: glmcpu bench [-m FILE] [--threads N] [--json F] [--plot F]",

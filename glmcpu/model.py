@@ -10,6 +10,7 @@ from glmcpu import kernels as K
 from . import families, models
 from .errors import GlmcpuError
 from .file import ModelFile
+from .kvcache import DEFAULT as KV_DEFAULT, check_kind as check_kv
 from .linear import MODES
 from .threads import resolve_threads
 
@@ -23,7 +24,7 @@ class Model:
     ``arch`` the architecture instance that runs the forward (weights, KV cache, buffers).
     """
 
-    def __init__(self, path, n_ctx=4096, threads=None, mode="fast"):
+    def __init__(self, path, n_ctx=4096, threads=None, mode="fast", kv=KV_DEFAULT):
         if not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
             raise GlmcpuError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         if mode not in MODES:
@@ -35,7 +36,9 @@ class Model:
         self._family = families.get(self.family)
         self.hf_config = self.file.hf_config
         self.mode = mode
-        self.arch = models.get(self.file.params.get("arch")).runner(self.file, int(n_ctx), self.threads, mode=mode)
+        self.arch = models.get(self.file.params.get("arch")).runner(self.file, int(n_ctx), self.threads, mode=mode,
+                                                                  kv=check_kv(kv))
+        self.kv = kv
         self.config = self.arch.args
         self.chat_template = self.file.meta.get("chat_template") or None
         self.vocab_size = self.config.n_vocab
@@ -198,15 +201,16 @@ class Model:
                                "prefill_s": r.prefill_s, "decode_s": r.decode_s, "text": r.text}
 
     def __repr__(self):
-        return f"<glmcpu.Model {self.family} {self.path!r} n_ctx={self.n_ctx} threads={self.threads}>"
+        return f"<glmcpu.Model {self.family} {self.path!r} n_ctx={self.n_ctx} kv={self.kv} threads={self.threads}>"
 
 
-def load(path, n_ctx=4096, threads=None, mode="fast"):
+def load(path, n_ctx=4096, threads=None, mode="fast", kv=KV_DEFAULT):
     """Memory-map a glmcpu model file and allocate its KV cache for ``n_ctx`` tokens.
 
     threads=None uses all physical cores. mode: "fast" (the default: numba kernels, int8
     activations for quantized weights), "exact" (weights dequantized to float32 at load, a
     copy: the exact forward on the dequantized weights) or "reference" (numpy scalar reference
-    of what the fast kernels compute; slow, for tests).
+    of what the fast kernels compute; slow, for tests). kv: the KV cache's type, "f16" (the
+    default: half the memory, values rounded when cached) or "f32" (the official arithmetic).
     """
-    return Model(path, n_ctx=n_ctx, threads=threads, mode=mode)
+    return Model(path, n_ctx=n_ctx, threads=threads, mode=mode, kv=kv)

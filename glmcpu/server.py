@@ -2,7 +2,8 @@
 
   create_app(model, model_name, api_key=None, max_queue=8, max_body=...)   the ASGI app
   run_server(model_path=None, host="127.0.0.1", port=8000, ...)           load a model and serve it
-  add_serve_arguments(parser) / serve_main(args)                           the CLI subcommand
+  serve_main(args)                                                         the CLI subcommand (its
+                                                                           arguments: glmcpu/cli.py)
 
 Requests run one at a time on the one model (``Scheduler``); a client that goes away mid-stream
 cancels its generation before the next token. Every error is an OpenAI error object
@@ -760,32 +761,19 @@ async def _completion_stream(job, cid, name, include_usage, tools, family):
 # ---------------------------------------------------------------- running it
 
 def run_server(model_path=None, host="127.0.0.1", port=8000, n_ctx=4096, threads=None, api_key=None,
-               model_name=None, max_queue=8, log_level="warning", cors_origins=()):
+               model_name=None, max_queue=8, log_level="warning", cors_origins=(), kv="f16"):
     """Load ``model_path`` (None: the built-in demo model) and serve it until interrupted."""
     import os
     import uvicorn
     import glmcpu
     path = model_path or glmcpu.demo_model_path()
-    model = glmcpu.load(path, n_ctx=n_ctx, threads=threads)
+    model = glmcpu.load(path, n_ctx=n_ctx, threads=threads, kv=kv)
     name = model_name or os.path.splitext(os.path.basename(path))[0]
     app = create_app(model, name, api_key=api_key, max_queue=max_queue, cors_origins=cors_origins)
-    print(f"glmcpu: serving {name} ({model.family}, n_ctx={model.n_ctx}) on http://{host}:{port}/v1",
+    print(f"glmcpu: serving {name} ({model.family}, n_ctx={model.n_ctx}, {model.kv} KV cache "
+          f"{model.arch.kv_bytes() / 1e9:.2f} GB) on http://{host}:{port}/v1",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
-
-
-def add_serve_arguments(p):
-    p.add_argument("-m", "--model", default=None, help="model file (default: the built-in demo model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--ctx", type=int, default=4096, help="context length (tokens)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
-    p.add_argument("--model-name", default=None, help="model id clients send (default: the file's name)")
-    p.add_argument("--max-queue", type=int, default=8, help="waiting requests beyond the running one")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow web pages from ORIGIN (e.g. http://localhost:3000, or '*') to call the API; "
-                        "repeat for several (default: none)")
 
 
 def serve_main(args):
@@ -793,4 +781,4 @@ def serve_main(args):
         raise GlmcpuError(f"--max-queue must be >= 0, got {args.max_queue}")
     run_server(args.model, host=args.host, port=args.port, n_ctx=args.ctx, threads=args.threads,
                api_key=args.api_key, model_name=args.model_name, max_queue=args.max_queue,
-               cors_origins=args.cors_origin)
+               cors_origins=args.cors_origin, kv=args.kv)

@@ -8,7 +8,7 @@ memory bandwidth. With the JIT off (NUMBA_DISABLE_JIT=1) numpy does the same con
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .nojit import fallback
 
@@ -34,3 +34,20 @@ def f16_to_f32(typingctx, bits):
         return builder.fpext(half, ir.FloatType())
 
     return types.float32(types.uint16), codegen
+
+
+def widen(x):
+    """A cache element as float32: f16 (stored as uint16 bits) widened exactly, float32 as it is.
+    One kernel source serves both KV-cache types; numba compiles one version per cache dtype."""
+    if isinstance(x, np.uint16):
+        return f16_to_f32_py(x)
+    return np.float32(x)
+
+
+@overload(widen, jit_options={"cache": True})
+def _widen_jit(x):
+    if x == types.uint16:
+        return lambda x: f16_to_f32(x)
+    if x == types.float32:
+        return lambda x: x
+    return None

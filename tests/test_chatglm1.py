@@ -20,7 +20,7 @@ def _expected():
 
 def _run(path, chunk=None, mode="fast"):
     e = _expected()
-    m = glmcpu.load(path, mode=mode)
+    m = glmcpu.load(path, mode=mode, kv="f32")
     if chunk:
         m.arch.sub = chunk
     pre = m.forward(e["prompt_ids"])
@@ -81,7 +81,7 @@ def test_sharded_bin_checkpoint(tmp_path):
 
 
 def test_prompt_must_contain_gmask_and_sop(converted):
-    m = glmcpu.load(converted(CASE, "f32"))
+    m = glmcpu.load(converted(CASE, "f32"), kv="f32")
     with pytest.raises(glmcpu.GlmcpuError, match="gMASK"):
         m.forward([5, 6, 7])
     m.reset()
@@ -122,7 +122,7 @@ def test_v1_chat_recomputes_prompt_and_streams(tmp_path):
     src = random_v1_checkpoint(str(tmp_path / "v1"))
     path = str(tmp_path / "v1.glmq")
     convert(src, path, dtype="q8_0", progress=False)
-    m = glmcpu.load(path)
+    m = glmcpu.load(path, kv="f32")
     assert m.tokenizer.family == "chatglm1"
     msgs = [{"role": "user", "content": "你好"}]
     assert m.chat_prompt(msgs) == m.tokenizer.encode("你好", add_special_tokens=True)
@@ -130,5 +130,5 @@ def test_v1_chat_recomputes_prompt_and_streams(tmp_path):
     msgs += [{"role": "assistant", "content": r1}, {"role": "user", "content": "再见"}]
     pieces = list(m.chat(msgs, temperature=0, max_new_tokens=10))
     assert m.last_stats["cached_tokens"] == 0  # v1 cannot reuse the cache across turns
-    fresh = glmcpu.load(path)
+    fresh = glmcpu.load(path, kv="f32")
     assert fresh.chat(msgs, stream=False, temperature=0, max_new_tokens=10) == "".join(pieces)

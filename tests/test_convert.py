@@ -20,7 +20,7 @@ def _expected(case):
 
 def _check_against_golden(path, case, tol=1e-5):
     e = _expected(case)
-    m = glmcpu.load(path)
+    m = glmcpu.load(path, kv="f32")
     assert max_rel(m.forward(e["prompt_ids"]), e["prefill_logits"]) <= tol
     for i, tok in enumerate(e["decode_ids"]):
         assert max_rel(m.forward([int(tok)])[0], e["decode_logits"][i]) <= tol
@@ -109,7 +109,7 @@ def test_config_variants_match_numpy_reference(tmp_path, family, mqa, rope_ratio
     convert(src, str(out), dtype="f32", progress=False)
     ids = np.random.default_rng(1).integers(0, cfg["padded_vocab_size"], 40)
     ref = reference_logits(cfg, tensors, ids, family)
-    m = glmcpu.load(str(out), n_ctx=64)
+    m = glmcpu.load(str(out), n_ctx=64, kv="f32")
     assert m.family == family
     got = np.concatenate([m.forward(ids[:25])] + [m.forward([t]) for t in ids[25:]])
     assert max_rel(got, ref) <= 2e-5
@@ -132,7 +132,7 @@ def test_family_override_and_ambiguity(tmp_path):
     with pytest.raises(GlmcpuError, match="--family"):
         convert(src, str(tmp_path / "x.glmq"), progress=False)
     convert(src, str(tmp_path / "x.glmq"), family="chatglm2", progress=False)
-    assert glmcpu.load(str(tmp_path / "x.glmq")).config.rope_pos_scale == 50
+    assert glmcpu.load(str(tmp_path / "x.glmq"), kv="f32").config.rope_pos_scale == 50
 
 
 @pytest.mark.parametrize("key,value,msg", [

@@ -140,7 +140,7 @@ def test_context_larger_than_ram_is_refused_before_allocating(converted):
     from glmcpu.models.args import physical_memory
     ram = physical_memory()
     path = converted("chatglm3-tiny", "f16")
-    per_token = 2 * 2 * 2 * 16 * 4  # K and V, 2 layers, 2 KV groups, head_dim 16, float32
+    per_token = 2 * 2 * 2 * 16 * 2  # K and V, 2 layers, 2 KV groups, head_dim 16, float16 (the default)
     with pytest.raises(GlmcpuError, match="KV cache, more than this machine's"):
         glmcpu.load(path, n_ctx=ram // per_token + 1)
     rc, out, err = _cli("run", "-m", path, "--ctx", str(ram // per_token + 1), "-p", "hi")

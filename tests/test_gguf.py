@@ -99,7 +99,7 @@ def work(tmp_path_factory):
             def make():
                 e = expected(case)
                 ids = [int(i) for i in e["prompt_ids"]] + [int(i) for i in e["decode_ids"]]
-                return glmcpu.load(path, n_ctx=64).forward(ids, all_logits=True)
+                return glmcpu.load(path, n_ctx=64, kv="f32").forward(ids, all_logits=True)
             return once(("logits", path), make)
 
     W.once = staticmethod(once)
@@ -275,8 +275,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_tokenizer_rebuilt_from_the_gguf_encodes_as_the_checkpoints(case, work):
-    a = glmcpu.load(work.imp(work.ref(case, "f32")), n_ctx=256)
-    b = glmcpu.load(work.hf(case, "f32"), n_ctx=256)
+    a = glmcpu.load(work.imp(work.ref(case, "f32")), n_ctx=256, kv="f32")
+    b = glmcpu.load(work.hf(case, "f32"), n_ctx=256, kv="f32")
     ta, tb = a.tokenizer, b.tokenizer
     assert type(ta) is type(tb)
     for text in TEXTS:
@@ -339,7 +339,7 @@ def test_round_trip_through_gguf(case, dtype, work):
     a, b = ModelFile(src), ModelFile(back)
     assert b.family == a.family
     assert np.array_equal(work.logits(back, case), work.logits(src, case))
-    ma, mb = glmcpu.load(src, n_ctx=64), glmcpu.load(back, n_ctx=64)
+    ma, mb = glmcpu.load(src, n_ctx=64, kv="f32"), glmcpu.load(back, n_ctx=64, kv="f32")
     for text in TEXTS:
         assert mb.tokenizer.encode(text, parse_special=True) == ma.tokenizer.encode(text, parse_special=True)
     assert mb.chat_prompt(MESSAGES[1]) == ma.chat_prompt(MESSAGES[1])

@@ -18,7 +18,7 @@ TOL = {"f32": 1e-5, "f16": 5e-3}
 @pytest.mark.parametrize("case", GLM_CASES)
 def test_prefill_and_decode_match_official(case, dtype, converted):
     e = np.load(os.path.join(golden(case), "expected.npz"))
-    m = glmcpu.load(converted(case, dtype))
+    m = glmcpu.load(converted(case, dtype), kv="f32")
     got = m.forward(e["prompt_ids"])
     assert got.shape == e["prefill_logits"].shape and got.dtype == np.float32
     assert max_rel(got, e["prefill_logits"]) <= TOL[dtype]
@@ -44,8 +44,8 @@ def test_chunked_prefill_and_last_logits_equal_one_pass(converted):
     path = converted("chatglm3-tiny", "f32")
     e = np.load(os.path.join(golden("chatglm3-tiny"), "expected.npz"))
     ids = e["prompt_ids"]
-    full = glmcpu.load(path).forward(ids)
-    m = glmcpu.load(path)
+    full = glmcpu.load(path, kv="f32").forward(ids)
+    m = glmcpu.load(path, kv="f32")
     m.arch.chunk = 5  # prompt processed in chunks of 5 tokens
     assert max_rel(m.forward(ids), e["prefill_logits"]) <= TOL["f32"]
     m.reset()
@@ -60,7 +60,7 @@ def test_chunked_prefill_and_last_logits_equal_one_pass(converted):
 
 
 def test_reset_reproduces(converted):
-    m = glmcpu.load(converted("glm4-tiny", "f16"))
+    m = glmcpu.load(converted("glm4-tiny", "f16"), kv="f32")
     e = np.load(os.path.join(golden("glm4-tiny"), "expected.npz"))
     a = m.forward(e["prompt_ids"])
     m.reset()
@@ -70,15 +70,18 @@ def test_reset_reproduces(converted):
 
 
 def test_contract_attributes(converted):
-    m = glmcpu.load(converted("chatglm2-tiny-bin", "f32"), n_ctx=64, threads=1)
+    m = glmcpu.load(converted("chatglm2-tiny-bin", "f32"), n_ctx=64, threads=1, kv="f32")
     assert m.n_ctx == 64 and m.vocab_size == 320 and m.threads == 1
     assert m.config.n_layer == 2 and m.config.n_kv_head == 2 and m.family == "chatglm2"
     assert m.hf_config["_name_or_path"] == "THUDM/chatglm2-6b"
-    assert m.arch.k_cache.shape == (2, 2, 64, 16)  # preallocated for n_ctx, not seq_length
+    assert m.arch.cache.keys.shape == (2, 2, 64, 16)  # preallocated for n_ctx, not seq_length
+    assert m.arch.cache.keys.dtype == np.float32 and m.arch.kv_bytes() == 2 * 2 * 2 * 64 * 16 * 4  # k and v
+    f16 = glmcpu.load(converted("chatglm2-tiny-bin", "f32"), n_ctx=64, threads=1)  # the default cache: half
+    assert f16.kv == "f16" and f16.arch.cache.keys.dtype == np.float16 and f16.arch.kv_bytes() == 2 * 2 * 2 * 64 * 16 * 2
 
 
 def test_context_overflow_and_bad_ids(converted):
-    m = glmcpu.load(converted("chatglm3-tiny", "f32"), n_ctx=8)
+    m = glmcpu.load(converted("chatglm3-tiny", "f32"), n_ctx=8, kv="f32")
     m.forward(list(range(6)))
     with pytest.raises(glmcpu.GlmcpuError, match="context overflow"):
         m.forward(list(range(3)))
@@ -95,7 +98,7 @@ def test_weights_are_memory_mapped_not_copied(converted):
     import tracemalloc
     path = converted("glm4-tiny", "f32")
     tracemalloc.start()
-    m = glmcpu.load(path, n_ctx=16)
+    m = glmcpu.load(path, n_ctx=16, kv="f32")
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     kv_and_scratch = m.arch.kv_bytes() + m.arch.scratch_bytes()

@@ -43,7 +43,7 @@ def _run(m, e):
 @pytest.mark.parametrize("case", list(HF_CASES))
 def test_hf_native_matches_official(case, dtype, converted):
     e = np.load(os.path.join(golden(case), "expected.npz"))
-    m = glmcpu.load(converted(case, dtype))
+    m = glmcpu.load(converted(case, dtype), kv="f32")
     assert m.family == HF_CASES[case]
     prefill, steps = _run(m, e)
     assert max_rel(prefill, e["prefill_logits"]) <= TOL[dtype]
@@ -58,7 +58,7 @@ def test_transformers_5_config_layout_gives_the_same_file_math(case, tmp_path):
     out = str(tmp_path / "m.glmq")
     convert(src, out, dtype="f32", progress=False)
     e = np.load(os.path.join(golden(case), "expected.npz"))
-    prefill, steps = _run(glmcpu.load(out), e)
+    prefill, steps = _run(glmcpu.load(out, kv="f32"), e)
     assert max_rel(prefill, e["prefill_logits"]) <= 1e-5
     assert max_rel(steps, e["decode_logits"]) <= 1e-5
 
@@ -70,19 +70,19 @@ def test_hf_native_quantized_equals_reference(case, kind, tmp_path):
     e = np.load(os.path.join(golden(case), "expected.npz"))
     path = str(tmp_path / "m.glmq")
     convert(golden(case), path, dtype=kind, progress=False)
-    runs = {mode: np.concatenate(_run(glmcpu.load(path, mode=mode), e)) for mode in ("fast", "reference")}
+    runs = {mode: np.concatenate(_run(glmcpu.load(path, mode=mode, kv="f32"), e)) for mode in ("fast", "reference")}
     assert max_rel(runs["fast"], runs["reference"]) <= 1e-4
 
 
 def test_tied_embeddings_and_partial_rotary(converted):
     """GLM-Edge: no lm_head in the checkpoint (tied), rotary over the whole head."""
-    m = glmcpu.load(converted("glm-edge-tiny-bf16", "f32"))
+    m = glmcpu.load(converted("glm-edge-tiny-bf16", "f32"), kv="f32")
     assert m.config.rope_dim == m.config.head_dim == 16
     assert m.config.qkv_bias is False and m.config.n_kv_head == 1
-    h = glmcpu.load(converted("glm4-hf-tiny", "f32"))
+    h = glmcpu.load(converted("glm4-hf-tiny", "f32"), kv="f32")
     assert h.config.rope_dim == 8 and h.config.qkv_bias is True  # partial_rotary_factor absent: 0.5
     assert h.config.rope_base == 10000.0 and h.config.norm_eps == pytest.approx(1.5625e-07)
-    assert glmcpu.load(converted("glm4-0414-tiny-bf16-sharded", "f32")).config.post_norms is True
+    assert glmcpu.load(converted("glm4-0414-tiny-bf16-sharded", "f32"), kv="f32").config.post_norms is True
 
 
 def _with_config(tmp_path, case, **changes):
@@ -142,7 +142,7 @@ def test_bf16_storage_keeps_a_bf16_checkpoint_exactly(case, converted):
     assert down.st_dtype == "BF16"
     np.testing.assert_array_equal(ModelFile(path).tensor("blk.0.ffn_down.weight"), down.raw())
     e = np.load(os.path.join(golden(case), "expected.npz"))
-    prefill, steps = _run(glmcpu.load(path), e)
+    prefill, steps = _run(glmcpu.load(path, kv="f32"), e)
     assert max_rel(prefill, e["prefill_logits"]) <= TOL["f32"]
     for i in range(len(e["decode_ids"])):
         assert max_rel(steps[i], e["decode_logits"][i]) <= TOL["f32"], f"decode step {i}"

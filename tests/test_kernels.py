@@ -94,7 +94,7 @@ def test_attention_matches_causal_softmax(T, pos0, n_bidir):
     vc = RNG.standard_normal((G, n_ctx, D)).astype(np.float32)
     out = np.zeros((T, H, D), np.float32)
     scale = np.float32(1 / np.sqrt(D))
-    K.attention(out, np.zeros((3, n_ctx), np.float32), q, kc, vc, pos0, scale, n_bidir)
+    K.attention(out, np.zeros((3, H // G + 1, max(n_ctx + 1, 8 * D)), np.float32), q, kc, vc, pos0, scale, n_bidir)
     for t in range(T):
         for h in range(H):
             g = h // (H // G)

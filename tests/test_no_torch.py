@@ -37,7 +37,7 @@ def test_convert_bin_and_run_with_torch_blocked(tmp_path):
         "from glmcpu.convert import convert\n"
         f"convert({golden('chatglm2-tiny-bin')!r}, {str(out)!r}, progress=False)\n"
         f"e = np.load({os.path.join(golden('chatglm2-tiny-bin'), 'expected.npz')!r})\n"
-        f"m = glmcpu.load({str(out)!r})\n"
+        f"m = glmcpu.load({str(out)!r}, kv='f32')\n"
         "d = np.abs(m.forward(e['prompt_ids']) - e['prefill_logits']).max() / np.abs(e['prefill_logits']).max()\n"
         "assert d < 1e-5, d\n"
         "assert 'torch' not in sys.modules\n"

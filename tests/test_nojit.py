@@ -104,7 +104,7 @@ def kernel_outputs():
     out["rope_2d"] = q
     qkv, kc, vc = f32(3, 6 + 4, 16), f32(2, 16, 16), f32(2, 16, 16)
     o = np.zeros((3, 6, 16), np.float32)
-    K.attention(o, np.zeros((2, 16), np.float32), qkv, kc, vc, 4, np.float32(0.25), 0)
+    K.attention(o, np.zeros((2, 4, 128), np.float32), qkv, kc, vc, 4, np.float32(0.25), 0)
     out["attention"] = o
     out["has_nonfinite"] = np.array([K.has_nonfinite(a) for a in (x, np.array([1, np.inf], np.float32),
                                                                      np.array([[np.nan]], np.float32))])
@@ -152,7 +152,7 @@ def kernel_outputs():
 def q4_logits(path):
     """glm4-tiny in q4_0: a prefill of Q4_IDS prompt tokens (matmul kernels), two decode steps (matvec)."""
     e = np.load(os.path.join(golden("glm4-tiny"), "expected.npz"))
-    m = glmcpu.load(path, n_ctx=64, threads=1)
+    m = glmcpu.load(path, n_ctx=64, threads=1, kv="f32")
     ids = [int(t) for t in e["prompt_ids"][:Q4_IDS]]
     arch = getattr(m, "arch", None) or getattr(m, "_impl", None)
     return np.concatenate([m.forward(ids), m.forward([ids[0]]), m.forward([ids[1]])]), bool(arch.ws.avx2)
@@ -175,7 +175,7 @@ def forward_logits(paths):
     out, info = {}, {"jit": bool(K.JIT), "avx2_available": bool(K.avx2.available()), "intrinsics": intrinsics()}
     for case in GOLDEN_F32:
         e = np.load(os.path.join(golden(case), "expected.npz"))
-        m = glmcpu.load(paths[case], n_ctx=64, threads=1)
+        m = glmcpu.load(paths[case], n_ctx=64, threads=1, kv="f32")
         out[case] = np.concatenate([m.forward(e["prompt_ids"])] + [m.forward([int(t)]) for t in e["decode_ids"]])
     out["q4_0"], info["model_avx2"] = q4_logits(paths["q4_0"])
     return out, info

@@ -18,9 +18,10 @@ import numpy as np
 
 from glmcpu import kernels as K
 from glmcpu.errors import GlmcpuError
+from glmcpu.kvcache import DEFAULT as KV_DEFAULT, KVCache
 from glmcpu.linear import Workspace, load_vector, make_linear
 
-from .args import check_cache_fits, check_tensors, from_params, require
+from .args import check_tensors, from_params, require
 
 
 @dataclass
@@ -95,10 +96,10 @@ class ChatGLM:
     reuse_cache = True  # causal: a cached prefix stays valid when the prompt grows
     prompt_suffix = ()  # ids a raw prompt must end with (none: the prefix is in the tokenizer)
 
-    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
+    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast", kv=KV_DEFAULT):
         a = self.args = ModelArgs.from_dict(mf.params)
         check_tensors(mf, tensor_table(a))
-        check_cache_fits(2 * a.n_layer * a.n_kv_head * n_ctx * a.head_dim * 4, n_ctx)
+        self.cache = KVCache(a.n_layer, a.n_kv_head, n_ctx, a.head_dim, kv)   # [L, G, n_ctx, D] keys, values
         self.n_ctx = n_ctx
         self.chunk = C = max(1, min(chunk, n_ctx))
         E, H, G, D, F = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff
@@ -132,8 +133,6 @@ class ChatGLM:
         self.scale = np.float32(1.0 / np.sqrt(D))
         self.eps = np.float32(a.norm_eps)
         try:
-            self.k_cache = np.zeros((a.n_layer, G, n_ctx, D), np.float32)  # [L, G, n_ctx, D]
-            self.v_cache = np.zeros((a.n_layer, G, n_ctx, D), np.float32)  # [L, G, n_ctx, D]
             self.x = np.zeros((C, E), np.float32)            # residual stream
             self.h = np.zeros((C, E), np.float32)            # normed input of a sublayer
             self.tmp = np.zeros((C, E), np.float32)          # sublayer output
@@ -141,16 +140,15 @@ class ChatGLM:
             self.attn = np.zeros((C, H * D), np.float32)
             self.gu = np.zeros((C, 2 * F), np.float32)
             self.act = np.zeros((C, F), np.float32)
+            self.att = np.zeros((threads, H // G + 1, max(n_ctx + 1, 8 * D)), np.float32)  # attention scratch
         except MemoryError:
-            gb = 2 * a.n_layer * G * n_ctx * D * 4 / 1e9
-            raise GlmcpuError(f"not enough memory for a {n_ctx}-token context ({gb:.1f} GB KV cache); "
-                              f"use a smaller context (n_ctx / --ctx)") from None
+            raise GlmcpuError(f"not enough memory for the activation buffers of a {C}-token chunk") from None
 
     def kv_bytes(self):
-        return self.k_cache.nbytes + self.v_cache.nbytes
+        return self.cache.nbytes
 
     def scratch_bytes(self):
-        bufs = (self.x, self.h, self.tmp, self.qkv, self.attn, self.gu, self.act, self.cos, self.sin)
+        bufs = (self.x, self.h, self.tmp, self.qkv, self.attn, self.gu, self.act, self.att, self.cos, self.sin)
         return self.ws.nbytes() + sum(b.nbytes for b in bufs)
 
     def forward_chunk(self, ids, pos0, logits):
@@ -170,10 +168,9 @@ class ChatGLM:
             if b.attn_qkv_bias is not None:
                 qkv += b.attn_qkv_bias
             K.rope_inplace(qkv3, self.cos, self.sin, pos0, H + G)           # q and k heads
-            kc, vc = self.k_cache[layer], self.v_cache[layer]                # [G, n_ctx, D]
-            kc[:, pos0:pos0 + T] = qkv3[:, H:H + G].transpose(1, 0, 2)       # [G, T, D]
-            vc[:, pos0:pos0 + T] = qkv3[:, H + G:].transpose(1, 0, 2)        # [G, T, D]
-            K.attention(attn.reshape(T, H, D), self.ws.scores, qkv3, kc, vc, pos0, self.scale, 0)  # [T, H, D]
+            self.cache.write(layer, pos0, qkv3[:, H:H + G], qkv3[:, H + G:])  # k, v [T, G, D]
+            K.attention(attn.reshape(T, H, D), self.att, qkv3, self.cache.k[layer], self.cache.v[layer],
+                        pos0, self.scale, 0)                                 # [T, H, D]
             b.attn_output(tmp, attn)                                         # [T, E]
             if b.attn_post_norm is not None:
                 K.rmsnorm(tmp, tmp, b.attn_post_norm, self.eps)

@@ -26,9 +26,10 @@ import numpy as np
 
 from glmcpu import kernels as K
 from glmcpu.errors import GlmcpuError
+from glmcpu.kvcache import DEFAULT as KV_DEFAULT, KVCache
 from glmcpu.linear import Workspace, load_vector, make_linear
 
-from .args import check_cache_fits, check_tensors, from_params, require
+from .args import check_tensors, from_params, require
 
 
 @dataclass
@@ -99,10 +100,10 @@ class ChatGLM1:
         """A raw prompt ends with [gMASK] <sop>."""
         return (self.args.gmask_token_id, self.args.bos_token_id)
 
-    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast"):
+    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast", kv=KV_DEFAULT):
         a = self.args = ModelArgs.from_dict(mf.params)
         check_tensors(mf, tensor_table(a))
-        check_cache_fits(2 * a.n_layer * a.n_head * n_ctx * a.head_dim * 4, n_ctx)
+        self.cache = KVCache(a.n_layer, a.n_head, n_ctx, a.head_dim, kv)      # [L, H, n_ctx, D] keys, values
         self.n_ctx = n_ctx
         self.chunk = n_ctx  # Model.forward hands over whole calls; chunking happens per sublayer
         C = self.sub = max(1, min(chunk, n_ctx))
@@ -140,8 +141,6 @@ class ChatGLM1:
         self.scale = np.float32(1.0 / np.sqrt(D))
         self.eps = np.float32(a.norm_eps)
         try:
-            self.k_cache = np.zeros((a.n_layer, H, n_ctx, D), np.float32)  # [L, H, n_ctx, D]
-            self.v_cache = np.zeros((a.n_layer, H, n_ctx, D), np.float32)
             self.X = np.zeros((n_ctx, E), np.float32)                      # residual stream of a call
             self.Q = np.zeros((n_ctx, H, D), np.float32)                   # rotated queries of a call
             self.pos = np.zeros(n_ctx, np.int64)
@@ -151,17 +150,17 @@ class ChatGLM1:
             self.qkv = np.zeros((C, 3 * H * D), np.float32)
             self.attn = np.zeros((C, H * D), np.float32)
             self.ff = np.zeros((C, F), np.float32)
+            self.att = np.zeros((threads, 2, max(n_ctx + 1, 8 * D)), np.float32)  # attention scratch
         except MemoryError:
-            gb = 2 * a.n_layer * H * n_ctx * D * 4 / 1e9
-            raise GlmcpuError(f"not enough memory for a {n_ctx}-token context ({gb:.1f} GB KV cache); "
+            raise GlmcpuError(f"not enough memory for the activation buffers of a {n_ctx}-token context; "
                               f"use a smaller context (n_ctx / --ctx)") from None
         self.mask_pos = self.n_prefix = None
 
     def kv_bytes(self):
-        return self.k_cache.nbytes + self.v_cache.nbytes
+        return self.cache.nbytes
 
     def scratch_bytes(self):
-        bufs = (self.X, self.Q, self.h, self.tmp, self.qkv, self.attn, self.ff, self.cos, self.sin)
+        bufs = (self.X, self.Q, self.h, self.tmp, self.qkv, self.attn, self.ff, self.att, self.cos, self.sin)
         return self.ws.nbytes() + sum(b.nbytes for b in bufs)
 
     def _positions(self, ids, pos0):
@@ -197,7 +196,7 @@ class ChatGLM1:
         self.tok_embd.embed(X, ids)
         chunks = [(c, min(T, c + C)) for c in range(0, T, C)]
         for layer, b in enumerate(self.blocks):
-            kc, vc = self.k_cache[layer], self.v_cache[layer]               # [H, n_ctx, D]
+            kc, vc = self.cache.k[layer], self.cache.v[layer]               # [H, n_ctx, D]
             # qkv and rotary for every chunk first: all keys are cached before anyone attends
             for c0, c1 in chunks:
                 n = c1 - c0
@@ -208,12 +207,11 @@ class ChatGLM1:
                 qkv3 = qkv.reshape(n, 3 * H, D)                                       # [n, q|k|v heads, D]
                 K.rope_2d_inplace(qkv3, self.cos, self.sin, self.pos[c0:c1], self.bpos[c0:c1], 2 * H)
                 Q[c0:c1] = qkv3[:, :H]
-                kc[:, pos0 + c0:pos0 + c1] = qkv3[:, H:2 * H].transpose(1, 0, 2)      # [H, n, D]
-                vc[:, pos0 + c0:pos0 + c1] = qkv3[:, 2 * H:].transpose(1, 0, 2)
+                self.cache.write(layer, pos0 + c0, qkv3[:, H:2 * H], qkv3[:, 2 * H:])  # k, v [n, H, D]
             for c0, c1 in chunks:
                 n = c1 - c0
                 h, attn, tmp = self.h[:n], self.attn[:n], self.tmp[:n]
-                K.attention(attn.reshape(n, H, D), self.ws.scores, Q[c0:c1], kc, vc, pos0 + c0, self.scale, n_bidir)
+                K.attention(attn.reshape(n, H, D), self.att, Q[c0:c1], kc, vc, pos0 + c0, self.scale, n_bidir)
                 b.attn_output(tmp, attn)                                              # [n, E]
                 tmp += b.attn_output_b
                 K.layernorm(h, X[c0:c1], b.attn_norm_w, b.attn_norm_b, self.eps)      # the block's input, again
