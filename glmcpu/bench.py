@@ -129,8 +129,7 @@ def run(path, threads=None, repeat=3, n_ctx=4096, full_prefill=False, prefill_le
                 m.forward(prompt(ctx), all_logits=False)
             else:
                 m.forward(prompt(2), all_logits=False)
-                m.n_past = ctx            # positions 0..ctx-1 treated as cached (values do not matter)
-                m.tokens = [0] * ctx
+                m.tokens = [0] * ctx      # positions 0..ctx-1 treated as cached (values do not matter)
             tok = 5
             t0 = time.perf_counter()
             for _ in range(decode_tokens):

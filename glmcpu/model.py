@@ -24,9 +24,11 @@ class Model:
     ``arch`` the architecture instance that runs the forward (weights, KV cache, buffers).
     """
 
-    def __init__(self, path, n_ctx=4096, threads=None, mode="fast", kv=KV_DEFAULT):
+    def __init__(self, path, n_ctx=4096, threads=None, mode="fast", kv=KV_DEFAULT, n_slots=1):
         if not isinstance(n_ctx, (int, np.integer)) or n_ctx < 1:
             raise GlmcpuError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if not isinstance(n_slots, (int, np.integer)) or not 1 <= n_slots <= 256:
+            raise GlmcpuError(f"n_slots (parallel sequences) must be an integer in 1..256, got {n_slots!r}")
         if mode not in MODES:
             raise GlmcpuError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.path = str(path)
@@ -37,14 +39,14 @@ class Model:
         self.hf_config = self.file.hf_config
         self.mode = mode
         self.arch = models.get(self.file.params.get("arch")).runner(self.file, int(n_ctx), self.threads, mode=mode,
-                                                                  kv=check_kv(kv))
+                                                                  kv=check_kv(kv), n_slots=int(n_slots))
         self.kv = kv
+        self.n_slots = int(n_slots)
         self.config = self.arch.args
         self.chat_template = self.file.meta.get("chat_template") or None
         self.vocab_size = self.config.n_vocab
         self.n_ctx = int(n_ctx)
-        self.n_past = 0
-        self.tokens = []  # the token ids whose keys and values are in the cache
+        self.slot_tokens = [[] for _ in range(self.n_slots)]  # per slot: the ids whose keys and values are cached
         self.last_stats = {}  # of the last generate / chat / run: token counts, timings, finish, text
         self.last_result = None
         self._tokenizer = None
@@ -59,70 +61,127 @@ class Model:
             raise GlmcpuError(f"{self.path} has no tokenizer; convert again with --tokenizer PATH/tokenizer.model")
         return self._tokenizer
 
-    def reset(self):
-        """Empty the KV cache (the next forward starts at position 0)."""
-        self.n_past = 0
-        self.tokens = []
+    @property
+    def tokens(self):
+        """The ids cached in slot 0 (the slot forward, generate and chat use)."""
+        return self.slot_tokens[0]
+
+    @tokens.setter
+    def tokens(self, ids):
+        self.slot_tokens[0] = [int(t) for t in ids]
+
+    @property
+    def n_past(self):
+        """How many positions of slot 0 are cached."""
+        return len(self.slot_tokens[0])
+
+    def reset(self, slot=None):
+        """Empty the KV cache of ``slot`` (default: every slot); its next forward starts at position 0."""
+        for s in range(self.n_slots) if slot is None else (self._slot(slot),):
+            self.slot_tokens[s] = []
         if hasattr(self.arch, "reset"):
             self.arch.reset()
 
-    def rewind(self, n):
-        """Keep only the first n cached tokens (their keys and values stay valid: causal attention)."""
+    def rewind(self, n, slot=0):
+        """Keep only the first n cached tokens of ``slot`` (their keys and values stay valid: causal
+        attention)."""
         if n <= 0:
-            self.reset()
+            self.reset(slot)
             return
-        self.n_past = min(n, self.n_past)
-        del self.tokens[self.n_past:]
+        del self.slot_tokens[self._slot(slot)][n:]
 
-    def cached_prefix(self, ids):
-        """How many leading tokens of ``ids`` are in the cache and can stay there (the prefix cache):
-        at most len(ids) - 1, so that the last prompt token is computed and gives the logits; 0 for
-        an architecture whose cached keys depend on the whole prompt (ChatGLM-6B)."""
+    def cached_prefix(self, ids, slot=0):
+        """How many leading tokens of ``ids`` are in the cache of ``slot`` and can stay there (the
+        prefix cache): at most len(ids) - 1, so that the last prompt token is computed and gives the
+        logits; 0 for an architecture whose cached keys depend on the whole prompt (ChatGLM-6B)."""
         if not self.arch.reuse_cache:
             return 0
-        keep, limit = 0, min(len(ids) - 1, len(self.tokens))
-        while keep < limit and self.tokens[keep] == ids[keep]:
+        cached = self.slot_tokens[self._slot(slot)]
+        keep, limit = 0, min(len(ids) - 1, len(cached))
+        while keep < limit and cached[keep] == ids[keep]:
             keep += 1
         return keep
 
-    def forward(self, token_ids, all_logits=True):
-        """Logits for ``token_ids`` (appended to the cache): float32 [T, vocab_size].
+    def _slot(self, slot):
+        if not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.n_slots:
+            raise GlmcpuError(f"slot must be an integer in 0..{self.n_slots - 1}, got {slot!r} "
+                              f"(load with n_slots=N for N parallel sequences)")
+        return int(slot)
 
-        With all_logits=False only the last token's logits are computed: [1, vocab_size].
-        """
+    def _ids(self, token_ids, what="forward()"):
         ids = np.asarray(token_ids)
         if ids.ndim == 0:
             ids = ids.reshape(1)
         if ids.ndim != 1 or ids.size == 0:
-            raise GlmcpuError("forward() needs a non-empty 1-D sequence of token ids")
+            raise GlmcpuError(f"{what} needs a non-empty 1-D sequence of token ids")
         if not np.issubdtype(ids.dtype, np.integer):
             raise GlmcpuError(f"token ids must be integers, got dtype {ids.dtype}")
         bad = ids[(ids < 0) | (ids >= self.vocab_size)]
         if bad.size:
             raise GlmcpuError(f"token id {int(bad[0])} is out of range for vocab_size {self.vocab_size}")
+        return ids.astype(np.int64)
+
+    def forward(self, token_ids, all_logits=True):
+        """Logits for ``token_ids`` (appended to the cache of slot 0): float32 [T, vocab_size].
+
+        With all_logits=False only the last token's logits are computed: [1, vocab_size].
+        """
+        ids = self._ids(token_ids)
         T = ids.size
-        if self.n_past + T > self.n_ctx:
-            raise GlmcpuError(
-                f"context overflow: {self.n_past} cached + {T} new tokens > n_ctx {self.n_ctx}; "
-                f"load with a larger n_ctx (--ctx) or reset()")
-        ids = ids.astype(np.int64)
+        rows = np.arange(T) if all_logits else np.array([T - 1])
+        return self._run_rows([(0, ids)], rows)
+
+    def forward_batch(self, batch):
+        """One step for several sequences at once: ``batch`` is a list of (slot, token_ids), each
+        slot at most once; the tokens are appended to their slots' caches and every weight matrix
+        is read once for all of them. Returns float32 [len(batch), vocab_size]: the logits after the
+        last token of each entry (a decode step when it is one token, a prompt or a chunk of one
+        otherwise)."""
+        if not isinstance(batch, (list, tuple)) or not batch:
+            raise GlmcpuError("forward_batch() needs a non-empty list of (slot, token_ids)")
+        entries, seen, rows, n = [], set(), [], 0
+        for item in batch:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                raise GlmcpuError(f"forward_batch(): each entry must be (slot, token_ids), got {item!r}")
+            slot, ids = self._slot(item[0]), self._ids(item[1], "forward_batch()")
+            if slot in seen:
+                raise GlmcpuError(f"forward_batch(): slot {slot} appears twice; give each sequence one entry")
+            seen.add(slot)
+            entries.append((slot, ids))
+            n += ids.size
+            rows.append(n - 1)
+        return self._run_rows(entries, np.array(rows, np.int64))
+
+    def _run_rows(self, entries, rows):
+        """Run the rows of entries [(slot, ids int64)] in the arch's chunks; logits of ``rows``
+        (indices into the concatenated rows, ascending)."""
+        for slot, ids in entries:
+            past = len(self.slot_tokens[slot])
+            if past + ids.size > self.n_ctx:
+                raise GlmcpuError(
+                    f"context overflow: {past} cached + {ids.size} new tokens > n_ctx {self.n_ctx}"
+                    + (f" in slot {slot}" if self.n_slots > 1 else "") + "; load with a larger n_ctx (--ctx) or reset()")
+        all_ids = np.concatenate([ids for _, ids in entries])
+        slot = np.concatenate([np.full(ids.size, s, np.int64) for s, ids in entries])
+        pos = np.concatenate([len(self.slot_tokens[s]) + np.arange(ids.size, dtype=np.int64) for s, ids in entries])
         numba.set_num_threads(self.threads)
         impl = self.arch
-        logits = np.empty((T if all_logits else 1, self.vocab_size), np.float32)
+        T = all_ids.size
+        logits = np.empty((rows.size, self.vocab_size), np.float32)
         for c0 in range(0, T, impl.chunk):
             c1 = min(T, c0 + impl.chunk)
-            if all_logits:
-                out = logits[c0:c1]
-            else:
-                out = logits if c1 == T else None
-            impl.forward_chunk(ids[c0:c1], self.n_past, out)
-            self.n_past += c1 - c0
-            self.tokens.extend(int(t) for t in ids[c0:c1])
+            lo, hi = np.searchsorted(rows, [c0, c1])
+            impl.forward_rows(all_ids[c0:c1], slot[c0:c1], pos[c0:c1], rows[lo:hi] - c0,
+                              logits[lo:hi] if hi > lo else None)
+        before = [len(self.slot_tokens[s]) for s, _ in entries]
+        for s, ids in entries:
+            self.slot_tokens[s].extend(int(t) for t in ids)
         if K.has_nonfinite(logits):
-            self.rewind(self.n_past - T)
+            for (s, ids), n in zip(entries, before):
+                self.rewind(n, s)
             raise GlmcpuError(f"{self.path}: the forward pass produced NaN or infinite logits "
-                              f"(positions {self.n_past}..{self.n_past + T - 1}); the weights overflow float32 "
-                              f"arithmetic or the file is corrupted: convert the checkpoint again (--dtype f32)")
+                              f"(positions {before[0]}..{before[0] + entries[0][1].size - 1}); the weights overflow "
+                              f"float32 arithmetic or the file is corrupted: convert the checkpoint again (--dtype f32)")
         return logits
 
     # ------------------------------------------------------------------ text generation
@@ -204,7 +263,7 @@ class Model:
         return f"<glmcpu.Model {self.family} {self.path!r} n_ctx={self.n_ctx} kv={self.kv} threads={self.threads}>"
 
 
-def load(path, n_ctx=4096, threads=None, mode="fast", kv=KV_DEFAULT):
+def load(path, n_ctx=4096, threads=None, mode="fast", kv=KV_DEFAULT, n_slots=1):
     """Memory-map a glmcpu model file and allocate its KV cache for ``n_ctx`` tokens.
 
     threads=None uses all physical cores. mode: "fast" (the default: numba kernels, int8
@@ -212,5 +271,6 @@ def load(path, n_ctx=4096, threads=None, mode="fast", kv=KV_DEFAULT):
     copy: the exact forward on the dequantized weights) or "reference" (numpy scalar reference
     of what the fast kernels compute; slow, for tests). kv: the KV cache's type, "f16" (the
     default: half the memory, values rounded when cached) or "f32" (the official arithmetic).
+    n_slots: independent sequences the cache holds (each n_ctx tokens), for forward_batch.
     """
-    return Model(path, n_ctx=n_ctx, threads=threads, mode=mode, kv=kv)
+    return Model(path, n_ctx=n_ctx, threads=threads, mode=mode, kv=kv, n_slots=n_slots)

@@ -6,16 +6,18 @@ from .fastexp import exp_nonpos
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-def attention(out, scr, q, k_cache, v_cache, pos0, scale, n_bidir):
+def attention(out, scr, q, k_cache, v_cache, slot, pos, scale, n_bidir):
     """Causal attention over the KV cache with grouped (multi-query) KV heads.
 
     out [T, n_head, head_dim]; q [T, >= n_head, head_dim] (the first n_head heads are used, so the
-    fused qkv buffer can be passed as is); k_cache, v_cache [n_kv_head, n_ctx, head_dim] already
-    holding positions 0 .. pos0+T-1, float32 or float16 bits (uint16, widened exactly as read).
+    fused qkv buffer can be passed as is); k_cache, v_cache [n_slots, n_kv_head, n_ctx, head_dim],
+    float32 or float16 bits (uint16, widened exactly as read). Row t belongs to the sequence in
+    cache slot slot[t] at position pos[t] (slot, pos [T] int64: one step may carry rows of several
+    sequences), and that slot already holds its positions 0 .. pos[t].
     scr [n_threads, group + 1, max(n_ctx + 1, 8 head_dim)] float32 scratch, a slab per thread
     (group = n_head / n_kv_head): rows 0 .. group-1 the scores of one item's heads, with each
     head's softmax denominator in the last column; row ``group`` eight widened key or value rows.
-    Query t (position pos0+t) attends to positions 0 .. pos0+t, and to all of 0 .. n_bidir-1
+    Query t attends to positions 0 .. pos[t] of its slot, and to all of 0 .. n_bidir-1
     (ChatGLM-6B's bidirectional prompt prefix; 0 for causal models).
 
     An item is one token and the query heads that share a KV head (all of them, or a part when
@@ -26,7 +28,7 @@ def attention(out, scr, q, k_cache, v_cache, pos0, scale, n_bidir):
     the sum.
     """
     n_tok, n_head, head_dim = out.shape
-    n_kv = k_cache.shape[0]
+    n_kv = k_cache.shape[1]
     group = n_head // n_kv
     last = scr.shape[2] - 1                                    # the denominators' column
     n_ranges = scr.shape[0]                                    # one per thread
@@ -43,8 +45,8 @@ def attention(out, scr, q, k_cache, v_cache, pos0, scale, n_bidir):
             nh = min(per, (g + 1) * group - h0)
             if nh <= 0:
                 continue
-            n = max(pos0 + t + 1, n_bidir)
-            kc, vc = k_cache[g], v_cache[g]
+            n = max(pos[t] + 1, n_bidir)
+            kc, vc = k_cache[slot[t], g], v_cache[slot[t], g]
             qs = q[t]
             s = 0
             while s + 8 <= n:                                  # scores q_h . k_s, eight keys a pass

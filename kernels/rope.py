@@ -2,17 +2,17 @@ from numba import njit
 
 
 @njit(cache=True)
-def rope_inplace(x, cos, sin, pos0, n_rot_heads):
+def rope_inplace(x, cos, sin, pos, n_rot_heads):
     """Rotary embedding on the first 2*cos.shape[1] dims of each head, interleaved pairs.
 
     x [T, n_head, head_dim]: heads 0 .. n_rot_heads-1 rotated in place; cos, sin [n_ctx, n_rot_pairs]; token t sits at
-    position pos0 + t. Pair i is (x[2i], x[2i+1]) rotated by angle pos * theta_i (GPT-J style,
-    as ChatGLM2/3 and GLM-4 apply it).
+    position pos[t] (pos [T] int64: the rows of a step may belong to different sequences). Pair i
+    is (x[2i], x[2i+1]) rotated by angle pos * theta_i (GPT-J style, as ChatGLM2/3 and GLM-4 apply it).
     """
     n_tok = x.shape[0]
     n_pairs = cos.shape[1]
     for t in range(n_tok):
-        p = pos0 + t
+        p = pos[t]
         for h in range(n_rot_heads):
             for i in range(n_pairs):
                 c = cos[p, i]

@@ -74,7 +74,7 @@ def test_contract_attributes(converted):
     assert m.n_ctx == 64 and m.vocab_size == 320 and m.threads == 1
     assert m.config.n_layer == 2 and m.config.n_kv_head == 2 and m.family == "chatglm2"
     assert m.hf_config["_name_or_path"] == "THUDM/chatglm2-6b"
-    assert m.arch.cache.keys.shape == (2, 2, 64, 16)  # preallocated for n_ctx, not seq_length
+    assert m.arch.cache.keys.shape == (2, 1, 2, 64, 16)  # [L, slots, G, n_ctx, D]: n_ctx, not seq_length
     assert m.arch.cache.keys.dtype == np.float32 and m.arch.kv_bytes() == 2 * 2 * 2 * 64 * 16 * 4  # k and v
     f16 = glmcpu.load(converted("chatglm2-tiny-bin", "f32"), n_ctx=64, threads=1)  # the default cache: half
     assert f16.kv == "f16" and f16.arch.cache.keys.dtype == np.float16 and f16.arch.kv_bytes() == 2 * 2 * 2 * 64 * 16 * 2

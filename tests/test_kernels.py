@@ -82,7 +82,7 @@ def test_rope_rotates_first_half_in_interleaved_pairs():
                 x0, x1 = x[t, h, 2 * i], x[t, h, 2 * i + 1]
                 ref[t, h, 2 * i] = x0 * np.cos(a) - x1 * np.sin(a)
                 ref[t, h, 2 * i + 1] = x1 * np.cos(a) + x0 * np.sin(a)
-    K.rope_inplace(x, cos, sin, pos0, 3)
+    K.rope_inplace(x, cos, sin, pos0 + np.arange(x.shape[0]), 3)
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -94,7 +94,8 @@ def test_attention_matches_causal_softmax(T, pos0, n_bidir):
     vc = RNG.standard_normal((G, n_ctx, D)).astype(np.float32)
     out = np.zeros((T, H, D), np.float32)
     scale = np.float32(1 / np.sqrt(D))
-    K.attention(out, np.zeros((3, H // G + 1, max(n_ctx + 1, 8 * D)), np.float32), q, kc, vc, pos0, scale, n_bidir)
+    K.attention(out, np.zeros((3, H // G + 1, max(n_ctx + 1, 8 * D)), np.float32), q, kc[None], vc[None],
+                np.zeros(T, np.int64), pos0 + np.arange(T), scale, n_bidir)
     for t in range(T):
         for h in range(H):
             g = h // (H // G)

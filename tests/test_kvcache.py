@@ -34,8 +34,8 @@ def test_f16_cache_matches_official_within_tolerance(case, converted):
 def _attention(k, v, q, pos0, n_bidir=0):
     T, H, D = q.shape
     out = np.zeros((T, H, D), np.float32)
-    K.attention(out, np.zeros((4, H // k.shape[0] + 1, max(k.shape[1] + 1, 8 * D)), np.float32), q, k, v, pos0,
-                np.float32(D ** -0.5), n_bidir)
+    scr = np.zeros((4, H // k.shape[0] + 1, max(k.shape[1] + 1, 8 * D)), np.float32)
+    K.attention(out, scr, q, k[None], v[None], np.zeros(T, np.int64), pos0 + np.arange(T), np.float32(D ** -0.5), n_bidir)
     return out
 
 
@@ -51,15 +51,15 @@ def test_attention_reads_f16_cache_as_the_widened_values(T, pos0, n_bidir):
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_cache_write_rounds_to_nearest_even():
+def test_cache_write_rounds_to_nearest_even_into_its_slot():
     from glmcpu.kvcache import KVCache
-    c = KVCache(1, 2, 8, 4, "f16")
+    c = KVCache(1, 2, 8, 4, "f16", n_slots=2)
     k = np.full((3, 2, 4), 1 + 2 ** -11, np.float32)   # a tie: rounds to even (1.0)
     v = np.full((3, 2, 4), 1 + 3 * 2 ** -11, np.float32)  # a tie: rounds to even (1 + 2^-9)
-    c.write(0, 2, k, v)
-    assert np.all(c.keys[0, :, 2:5] == 1.0) and np.all(c.values[0, :, 2:5] == np.float16(1 + 2 ** -9))
-    assert np.all(c.keys[0, :, :2] == 0) and np.all(c.keys[0, :, 5:] == 0)
-    assert c.k[0].dtype == np.uint16 and np.shares_memory(c.k[0], c.keys)
+    c.write(0, np.array([1, 1, 1]), np.array([2, 3, 4]), k, v)
+    assert np.all(c.keys[0, 1, :, 2:5] == 1.0) and np.all(c.values[0, 1, :, 2:5] == np.float16(1 + 2 ** -9))
+    assert np.all(c.keys[0, 1, :, :2] == 0) and np.all(c.keys[0, 1, :, 5:] == 0) and np.all(c.keys[0, 0] == 0)
+    assert c.k[0].dtype == np.uint16 and c.k[0].shape == (2, 2, 8, 4) and np.shares_memory(c.k[0], c.keys)
 
 
 def test_bad_cache_type_is_a_clear_error(converted):

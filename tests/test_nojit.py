@@ -98,13 +98,14 @@ def kernel_outputs():
     ang = np.outer(np.arange(16), 10000.0 ** (-np.arange(4) / 4))
     cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
     q = f32(3, 6, 16)
-    K.rope_inplace(q, cos, sin, 5, 4)
+    K.rope_inplace(q, cos, sin, np.arange(5, 8), 4)
     out["rope"] = q.copy()
     K.rope_2d_inplace(q, cos, sin, np.array([0, 1, 2]), np.array([0, 0, 1]), 6)
     out["rope_2d"] = q
     qkv, kc, vc = f32(3, 6 + 4, 16), f32(2, 16, 16), f32(2, 16, 16)
     o = np.zeros((3, 6, 16), np.float32)
-    K.attention(o, np.zeros((2, 4, 128), np.float32), qkv, kc, vc, 4, np.float32(0.25), 0)
+    K.attention(o, np.zeros((2, 4, 128), np.float32), qkv, kc[None], vc[None], np.zeros(3, np.int64), np.arange(4, 7),
+                np.float32(0.25), 0)
     out["attention"] = o
     out["has_nonfinite"] = np.array([K.has_nonfinite(a) for a in (x, np.array([1, np.inf], np.float32),
                                                                      np.array([[np.nan]], np.float32))])

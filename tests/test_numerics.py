@@ -129,7 +129,8 @@ def test_attention_softmax_with_large_logits(magnitude, scale):
     kc = rng.integers(-magnitude, magnitude + 1, (G, n_ctx, D)).astype(np.float32)
     vc = rng.standard_normal((G, n_ctx, D)).astype(np.float32)
     out = np.full((T, H, D), np.nan, np.float32)
-    K.attention(out, np.zeros((3, H // G + 1, max(n_ctx + 1, 8 * D)), np.float32), q, kc, vc, pos0, np.float32(scale), 0)
+    K.attention(out, np.zeros((3, H // G + 1, max(n_ctx + 1, 8 * D)), np.float32), q, kc[None], vc[None],
+                np.zeros(T, np.int64), pos0 + np.arange(T), np.float32(scale), 0)
     for t in range(T):
         for h in range(H):
             g, n = h // (H // G), pos0 + t + 1

@@ -101,10 +101,12 @@ def physical_memory():
         return None
 
 
-def check_cache_fits(n_bytes, n_ctx):
-    """An early clear error when a KV cache of ``n_bytes`` for ``n_ctx`` tokens cannot fit in RAM
-    (numpy would otherwise reserve it lazily and the process die later)."""
+def check_cache_fits(n_bytes, n_ctx, n_slots=1):
+    """An early clear error when a KV cache of ``n_bytes`` for ``n_slots`` sequences of ``n_ctx``
+    tokens cannot fit in RAM (numpy would otherwise reserve it lazily and the process die later)."""
     ram = physical_memory()
     if ram is not None and n_bytes > ram:
-        raise GlmcpuError(f"a {n_ctx}-token context needs a {n_bytes / 1e9:.1f} GB KV cache, more than this "
-                          f"machine's {ram / 1e9:.1f} GB of RAM; use a smaller context (n_ctx / --ctx)")
+        what = f"a {n_ctx}-token context" if n_slots == 1 else f"{n_slots} sequences of {n_ctx} tokens"
+        fix = "a smaller context (n_ctx / --ctx)" + ("" if n_slots == 1 else " or fewer parallel sequences")
+        raise GlmcpuError(f"{what} needs a {n_bytes / 1e9:.1f} GB KV cache, more than this "
+                          f"machine's {ram / 1e9:.1f} GB of RAM; use {fix}")

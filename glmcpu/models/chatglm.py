@@ -96,10 +96,10 @@ class ChatGLM:
     reuse_cache = True  # causal: a cached prefix stays valid when the prompt grows
     prompt_suffix = ()  # ids a raw prompt must end with (none: the prefix is in the tokenizer)
 
-    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast", kv=KV_DEFAULT):
+    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast", kv=KV_DEFAULT, n_slots=1):
         a = self.args = ModelArgs.from_dict(mf.params)
         check_tensors(mf, tensor_table(a))
-        self.cache = KVCache(a.n_layer, a.n_kv_head, n_ctx, a.head_dim, kv)   # [L, G, n_ctx, D] keys, values
+        self.cache = KVCache(a.n_layer, a.n_kv_head, n_ctx, a.head_dim, kv, n_slots)  # [L, S, G, n_ctx, D]
         self.n_ctx = n_ctx
         self.chunk = C = max(1, min(chunk, n_ctx))
         E, H, G, D, F = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff
@@ -151,8 +151,10 @@ class ChatGLM:
         bufs = (self.x, self.h, self.tmp, self.qkv, self.attn, self.gu, self.act, self.att, self.cos, self.sin)
         return self.ws.nbytes() + sum(b.nbytes for b in bufs)
 
-    def forward_chunk(self, ids, pos0, logits):
-        """Run tokens ids [T <= chunk] at positions pos0.. ; write logits [T or 1, vocab] if given."""
+    def forward_rows(self, ids, slot, pos, rows, logits):
+        """One step over T <= chunk rows: token ids [T] of the sequences in cache slots slot [T] at
+        positions pos [T] (int64; the rows of one sequence in order, its earlier positions cached).
+        Writes the logits of rows (indices into the T rows) to logits [len(rows), vocab] if given."""
         a = self.args
         T = ids.shape[0]
         H, G, D = a.n_head, a.n_kv_head, a.head_dim
@@ -167,10 +169,10 @@ class ChatGLM:
             b.attn_qkv(qkv, h)                                               # [T, (H + 2G) D]
             if b.attn_qkv_bias is not None:
                 qkv += b.attn_qkv_bias
-            K.rope_inplace(qkv3, self.cos, self.sin, pos0, H + G)           # q and k heads
-            self.cache.write(layer, pos0, qkv3[:, H:H + G], qkv3[:, H + G:])  # k, v [T, G, D]
+            K.rope_inplace(qkv3, self.cos, self.sin, pos, H + G)            # q and k heads
+            self.cache.write(layer, slot, pos, qkv3[:, H:H + G], qkv3[:, H + G:])  # k, v [T, G, D]
             K.attention(attn.reshape(T, H, D), self.att, qkv3, self.cache.k[layer], self.cache.v[layer],
-                        pos0, self.scale, 0)                                 # [T, H, D]
+                        slot, pos, self.scale, 0)                            # [T, H, D]
             b.attn_output(tmp, attn)                                         # [T, E]
             if b.attn_post_norm is not None:
                 K.rmsnorm(tmp, tmp, b.attn_post_norm, self.eps)
@@ -184,7 +186,7 @@ class ChatGLM:
                 K.rmsnorm(tmp, tmp, b.ffn_post_norm, self.eps)
             x += tmp
         if logits is not None:
-            last = x[T - logits.shape[0]:]                                   # [T or 1, E]
-            hn = h[: last.shape[0]]
-            K.rmsnorm(hn, last, self.output_norm, self.eps)
-            self.output(logits, hn)                                          # [T or 1, vocab]
+            n = len(rows)
+            hn = h[:n]
+            K.rmsnorm(hn, x[rows], self.output_norm, self.eps)               # [n, E]
+            self.output(logits, hn)                                          # [n, vocab]

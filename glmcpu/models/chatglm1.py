@@ -100,7 +100,10 @@ class ChatGLM1:
         """A raw prompt ends with [gMASK] <sop>."""
         return (self.args.gmask_token_id, self.args.bos_token_id)
 
-    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast", kv=KV_DEFAULT):
+    def __init__(self, mf, n_ctx, threads, chunk=256, mode="fast", kv=KV_DEFAULT, n_slots=1):
+        if n_slots != 1:
+            raise GlmcpuError("ChatGLM-6B runs one sequence at a time (its prompt prefix is bidirectional): "
+                              "use one parallel sequence")
         a = self.args = ModelArgs.from_dict(mf.params)
         check_tensors(mf, tensor_table(a))
         self.cache = KVCache(a.n_layer, a.n_head, n_ctx, a.head_dim, kv)      # [L, H, n_ctx, D] keys, values
@@ -144,6 +147,8 @@ class ChatGLM1:
             self.X = np.zeros((n_ctx, E), np.float32)                      # residual stream of a call
             self.Q = np.zeros((n_ctx, H, D), np.float32)                   # rotated queries of a call
             self.pos = np.zeros(n_ctx, np.int64)
+            self.pos_t = np.zeros(n_ctx, np.int64)                           # the rows' cache positions
+            self.slot = np.zeros(n_ctx, np.int64)                            # one sequence: slot 0
             self.bpos = np.zeros(n_ctx, np.int64)
             self.h = np.zeros((C, E), np.float32)
             self.tmp = np.zeros((C, E), np.float32)
@@ -183,20 +188,28 @@ class ChatGLM1:
     def reset(self):
         self.mask_pos = self.n_prefix = None
 
-    def forward_chunk(self, ids, pos0, logits):
-        """All tokens of one Model.forward call at positions pos0..; logits [T or 1, vocab] if given."""
+    def forward_rows(self, ids, slot, pos, rows, logits):
+        """All tokens of one Model.forward call (one sequence: slot 0, positions pos[0] ..); logits
+        [len(rows), vocab] if given, for rows that must be the last len(rows) of the call."""
+        pos0 = int(pos[0])
+        if logits is not None and (len(rows) == 0 or rows[0] != ids.shape[0] - len(rows)):
+            raise GlmcpuError("ChatGLM-6B computes the logits of the last rows of a call only")
+        self._forward(ids, pos0, logits)
+
+    def _forward(self, ids, pos0, logits):
         a = self.args
         T, C = ids.shape[0], self.sub
         H, D = a.n_head, a.head_dim
         if pos0 == 0:
             self.reset()
         self._positions(ids, pos0)
+        self.pos_t[:T] = pos0 + np.arange(T)                                # cache positions of the rows
         n_bidir = self.n_prefix                                             # prefix seen by everyone
         X, Q = self.X[:T], self.Q[:T]                                       # [T, E], [T, H, D]
         self.tok_embd.embed(X, ids)
         chunks = [(c, min(T, c + C)) for c in range(0, T, C)]
         for layer, b in enumerate(self.blocks):
-            kc, vc = self.cache.k[layer], self.cache.v[layer]               # [H, n_ctx, D]
+            kc, vc = self.cache.k[layer], self.cache.v[layer]               # [1, H, n_ctx, D]
             # qkv and rotary for every chunk first: all keys are cached before anyone attends
             for c0, c1 in chunks:
                 n = c1 - c0
@@ -207,11 +220,12 @@ class ChatGLM1:
                 qkv3 = qkv.reshape(n, 3 * H, D)                                       # [n, q|k|v heads, D]
                 K.rope_2d_inplace(qkv3, self.cos, self.sin, self.pos[c0:c1], self.bpos[c0:c1], 2 * H)
                 Q[c0:c1] = qkv3[:, :H]
-                self.cache.write(layer, pos0 + c0, qkv3[:, H:2 * H], qkv3[:, 2 * H:])  # k, v [n, H, D]
+                self.cache.write(layer, self.slot[:n], self.pos_t[c0:c1], qkv3[:, H:2 * H], qkv3[:, 2 * H:])
             for c0, c1 in chunks:
                 n = c1 - c0
                 h, attn, tmp = self.h[:n], self.attn[:n], self.tmp[:n]
-                K.attention(attn.reshape(n, H, D), self.att, Q[c0:c1], kc, vc, pos0 + c0, self.scale, n_bidir)
+                K.attention(attn.reshape(n, H, D), self.att, Q[c0:c1], kc, vc, self.slot[:n], self.pos_t[c0:c1],
+                            self.scale, n_bidir)
                 b.attn_output(tmp, attn)                                              # [n, E]
                 tmp += b.attn_output_b
                 K.layernorm(h, X[c0:c1], b.attn_norm_w, b.attn_norm_b, self.eps)      # the block's input, again
