@@ -22,15 +22,18 @@ from .f16 import f16_to_f32
 TB = 16  # tokens per block in matmul: int16 partial sums [TB, R] stay in L1
 
 
-@njit(cache=True, parallel=True)  # no fastmath: must equal the numpy reference bit for bit
+@njit(cache=True)  # no fastmath: must equal the numpy reference bit for bit
 def quantize_act(xq, xd, xs, x):
     """x [T, K] float32 -> xq [T, K] int8, xd [T, K/32] float32 scale, xs [T, K/32] int32 sum of xq.
 
     A block holding a NaN or an infinity gets the scale NaN or inf and zero quants (converting
     NaN to int8 would give an arbitrary number), so the matmul's output is NaN there: a broken
-    activation reaches the logits instead of being hidden as a finite value."""
+    activation reaches the logits instead of being hidden as a finite value.
+
+    Serial: it is microseconds per token, and a parallel region costs more than that, far more
+    on a busy machine, where a region ends only when its last thread gets a core again."""
     T, K = x.shape
-    for t in prange(T):
+    for t in range(T):
         for b in range(K // 32):
             amax = np.float32(0.0)
             for j in range(32):
