@@ -204,9 +204,10 @@ def plot(res, out):
     ys = [res["sweep"][k] if k in res["sweep"] else res["sweep"][str(k)] for k in xs]
     plt.figure(figsize=(6, 4))
     plt.plot(xs, ys, marker="o")
+    plt.xscale("log", base=2)
     plt.xlabel("context length (tokens in the KV cache)")
     plt.ylabel("decode tokens/s")
-    plt.title(f"{os.path.basename(res['file'])}, {res['threads']} threads")
+    plt.title(f"{os.path.basename(res['file'])}, {res['threads']} threads, {res.get('kv', 'f32')} KV cache")
     plt.grid(True, alpha=0.3)
     plt.ylim(bottom=0)
     plt.tight_layout()
@@ -234,7 +235,9 @@ def main(argv=None):
     kw = {}
     if args.quick:
         kw = dict(prefill_lengths=(16, 32), decode_contexts=(16, 64), decode_tokens=8)
-    sweep = (128, 512, 1024, 2048, min(args.ctx, 4096) - 160) if args.plot else None
+    # decode speed against the context: 128, 256, ... up to what --ctx leaves room for
+    sweep = tuple(c for c in (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+                  if c + 160 <= args.ctx) if args.plot else None
     if args.quick and args.plot:
         sweep = (16, 64, 128)
     res = run(args.model, threads=args.threads, repeat=args.repeat, n_ctx=args.ctx, full_prefill=args.full_prefill,
