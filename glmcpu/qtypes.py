@@ -298,7 +298,7 @@ class _KQuant(_GGMLRows):
 
     def encode(self, rows, name, gs):
         from glmcpu import kquants
-        b = kquants.QUANTIZE[self.kind](rows)
+        b = kquants.quantize_fast(self.kind, rows)
         if not np.isfinite(kquants.DEQUANTIZE[self.kind](b, rows.shape[1])).all():
             raise GlmcpuError(f"tensor {name!r}: a super-block scale overflows float16; use --dtype f32 or f16")
         return [b]
