@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit
 
-from kernels.fastexp import exp_nonpos
+from glmcpu.kernels.fastexp import exp_nonpos
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})   # as the attention kernel uses it
