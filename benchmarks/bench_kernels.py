@@ -22,6 +22,15 @@ On the Zen 3 (AVX2 only) machine of 2026-11-23, 2 threads, where the sum reads 2
 `vpmaddubsw` against paired int8 activations, through LLVM intrinsics) 22.8 GB/s; at T = 128 the
 AVX2 matmul runs at 160-230 GFLOP/s where the portable one ran at 100-135.
 
+K-quants (q4_k, q5_k, q6_k: ggml's rows as stored, kernels/kquant_avx2.py) and q5_0 have AVX2
+kernels equal to the portable ones bit for bit (the generic ggml dot's float order); `--compare
+q4_0,q4_k,q6_k,q5_0 --tokens 1,64` times them in alternation with q4_0. On the shared Zen 3 of
+2026-11-24, 1 thread (results/2026-11-24-kquant-avx2): decode q4_k 9.5 GB/s of weights where q4_0
+reads 14.5 (portable q4_k: 0.2), q6_k 11; prefill q4_k 0.64-0.71x q4_0's tokens/s, q6_k 0.58-0.71x,
+q5_0 decode 6.3 GB/s (portable 0.3-0.4) and prefill ~0.4x. The integer part needs a scale multiply
+(vpmaddwd) per 64 weights besides vpmaddubsw, and each row's super-block scales and float terms
+are scalar work q4_0's row-interleaved tiles do 8 rows at a time.
+
 What made the difference: with rows interleaved in tiles, the innermost loop runs over 128 rows
 (contiguous bytes) doing the same thing in every lane, so LLVM emits vpmovzxbw / vpmullw /
 vpaddw on zmm registers with no horizontal sums; the 32 products of a 4-bit block fit int16
@@ -38,9 +47,12 @@ from numba import njit, prange
 
 from glmcpu import kernels as K
 from glmcpu import qtypes
+from glmcpu import kquants as KQ
 from glmcpu import quants as Q
+from glmcpu.linear import Workspace
 from glmcpu.kernels.f16 import f16_to_f32
 
+KQ_BLOCK = {"q4_k": 144, "q5_k": 176, "q6_k": 210}      # ggml's rows: bytes per 256 weights
 SHAPES_6B = {"attn_qkv": (4608, 4096), "attn_output": (4096, 4096), "ffn_up_gate": (27392, 4096),
              "ffn_down": (4096, 13696), "output": (65024, 4096)}
 R, TB = 128, K.quant.TB
@@ -59,6 +71,13 @@ def _timeit(f, repeat):
 def random_weights(kind, n, k, rng):
     """Tiled arrays with random bytes (speed does not depend on the values)."""
     nt = -(-n // R)
+    if kind in KQ_BLOCK or kind == "q5_0":  # ggml's rows; every f16 scale finite (0.01)
+        per, bpb = (32, 22) if kind == "q5_0" else (256, KQ_BLOCK[kind])
+        b = rng.integers(0, 256, (n, k // per, bpb), dtype=np.uint8)
+        h = np.array([0.01], np.float16).view(np.uint8)
+        for at in ((208,) if kind == "q6_k" else (0,) if kind == "q5_0" else (0, 2)):
+            b[:, :, at:at + 2] = h
+        return (b.reshape(n, -1),)
     if kind == "f16":
         w = (rng.standard_normal((n, k), dtype=np.float32) * 0.02).astype(np.float16).view(np.uint16)
         return (w,)
@@ -83,12 +102,39 @@ class Runner:
         self.acc, self.p16, self.p32 = np.zeros((n_ranges, TB, R), np.float32), np.zeros((n_ranges, TB, R), np.int16), np.zeros((n_ranges, TB, R), np.int32)
         self.w = np.zeros((n_ranges, 32, R), np.int16)
         self.row_buf = np.zeros((n_ranges, k), np.float32)
+        self.rd32 = np.zeros((n_ranges, k // 32), np.float32)       # q5_0: a row's block scales
+        self.xdt = np.zeros((k // 32, T), np.float32), np.zeros((k // 32, T), np.int32)   # q5_0, AVX2
+        self.scr8 = np.zeros((n_ranges, 8), np.float32)
         self.avx2 = K.avx2.available(R)       # the 4-bit kernels glmcpu.linear picks here
         self.xp = np.zeros((T, k // 2), np.int16)
         self.w8 = np.zeros((n_ranges, 32 * R), np.uint8)
+        self.acc8, self.xw8 = np.zeros((n_ranges, min(T, 256), R), np.float32), np.zeros((n_ranges, TB * 32), np.int16)  # q8_0 AVX2
+        if kind in KQ_BLOCK:
+            self.kq = Workspace(T, k, n_ranges // 4, R).kquant(k)[0]                 # portable scratch
+            self.aq, self.ad, self.asum = np.zeros((T, k), np.int8), np.zeros((T, k // 256), np.float32), \
+                np.zeros((T, k // 16), np.int32)
+            KA, p = K.kquant_avx2, K.kquant_avx2.PAD
+            self.tile = (np.zeros((n_ranges, KA.RT * 256), np.uint8), np.zeros((n_ranges, KA.RT * 8), np.int32),
+                         np.zeros((n_ranges, KA.RT * 8), np.int32), np.zeros((n_ranges, 2 * KA.RT), np.float32),
+                         np.zeros((n_ranges, KA.TB * KA.RT * 8), np.float32), np.zeros((n_ranges, KA.TB * KA.RT), np.float32))
+            self.perm = (np.zeros((T, k + p), np.int8), np.zeros((T, k + p), np.int8), np.zeros((T, k + p), np.uint8),
+                         np.zeros((T, (k + p) // 2), np.int16), np.zeros((T, k // 32), np.int32))
 
     def __call__(self):
         a, T, n = self.a, self.T, self.n
+        if self.kind in KQ_BLOCK:
+            self.kquant()
+            return
+        if self.kind == "q5_0":
+            K.quantize_act(self.xq, self.xd, self.xs, self.x)
+            if self.avx2:
+                xdt, xst = self.xdt
+                if T >= 8:
+                    K.kquant_avx2.transpose_act(xdt, xst, self.xd, self.xs)
+                K.matmul_q5_0_avx2(self.out, a[0], self.xq, self.xd, self.xs, xdt, xst, self.scr8)
+            else:
+                K.matmul_q5_0(self.out, self.row_buf.view(np.int32), self.rd32, a[0], self.xq, self.xd)
+            return
         if self.kind == "f16":
             if T == 1:
                 K.matvec_f16(self.out[0], self.x[0], a[0])
@@ -98,7 +144,12 @@ class Runner:
         K.quantize_act(self.xq, self.xd, self.xs, self.x)
         qs, d, m = a
         if self.kind == "q8_0":
-            if T == 1:
+            if self.avx2:     # kernels/q8_avx2.py, as glmcpu.linear picks them
+                if T == 1:
+                    K.matvec_q8_0_avx2(self.out[0], self.acc1, self.p32_1, self.xq, self.xd, qs, d, n)
+                else:
+                    K.matmul_q8_0_avx2(self.out, self.acc8, self.p32, self.w, self.xw8, self.xq, self.xd, qs, d, n)
+            elif T == 1:
                 K.matvec_q8_0(self.out[0], self.acc1, self.p32_1, self.xq, self.xd, qs, d, n)
             else:
                 K.matmul_q8_0(self.out, self.acc, self.p32, self.w, self.xq, self.xd, qs, d, n)
@@ -115,6 +166,21 @@ class Runner:
             K.matmul_q4(self.out, self.acc, self.p16, self.w, self.xq, self.xd, self.xs, qs, d, m, n)
 
 
+    def kquant(self):
+        """q8_K activations, then the K-quant kernels glmcpu.linear picks here (AVX2 or portable)."""
+        num = int(self.kind[1])
+        K.quantize_q8_K(self.aq, self.ad, self.asum, self.x)
+        if not self.avx2:
+            K.matmul_kquant(self.out, *self.kq, self.a[0], self.aq, self.ad, self.asum, num)
+            return
+        xqq, xq2, xqu, corr, asum2 = self.perm
+        K.permute_q8_K(xqq, xq2, xqu, corr, asum2, self.aq, self.asum)
+        if self.T == 1:
+            K.matvec_kquant_avx2(self.out[0], self.tile[1], self.tile[4], self.a[0], xqq, xq2, self.ad, asum2, corr, num)
+        else:
+            K.matmul_kquant_avx2(self.out, *self.tile, self.a[0], xq2, xqu, self.ad, asum2, num)
+
+
 def validate(kinds, n_ranges):
     """Each kernel equals its reference on a ragged shape before anything is timed."""
     rng = np.random.default_rng(0)
@@ -123,6 +189,22 @@ def validate(kinds, n_ranges):
     for kind in kinds:
         for T in (1, 7):
             x = rng.standard_normal((T, k), dtype=np.float32)
+            if kind == "q5_0":
+                wb = Q.quantize_q5_0(w)
+                r = Runner(kind, (wb,), n, k, T, n_ranges)
+                r.x[:] = x
+                r()
+                assert np.array_equal(r.out, Q.matmul_ref("q5_0", wb, None, None, 32, x)), kind
+                continue
+            if kind in KQ_BLOCK:   # ggml's generic dot (glmcpu.kquants), bit for bit
+                name = kind[:2] + "_K"
+                wb = KQ.QUANTIZE[name](w)
+                r = Runner(kind, (wb,), n, k, T, n_ranges)
+                r.x[:] = x
+                r()
+                ref = KQ.VEC_DOT[name](wb, KQ.quantize_q8_K(x))
+                assert np.array_equal(r.out.view(np.uint32), ref.view(np.uint32)), kind
+                continue
             if kind == "f16":
                 w16 = w.astype(np.float16)
                 r = Runner(kind, (w16.view(np.uint16),), n, k, T, n_ranges)
@@ -257,15 +339,48 @@ def bench_variants(repeat):
         print(f"| {name} | {t * 1e3:.2f} | {nbytes / t / 1e9:.1f} |")
 
 
+def compare(kinds, shapes, tokens, rounds, n_ranges, rng):
+    """The kinds timed in alternation (round after round, each kernel once per round, so a noisy
+    neighbour slows them alike): median and best ms per call, GB/s of weight bytes, tokens/s."""
+    print(f"\n{numba.get_num_threads()} threads, alternating {', '.join(kinds)}, {rounds} rounds, medians"
+          f"\n| matrix | shape | T | kind | MB | median ms | best ms | GB/s | tok/s |\n|---|---|---|---|---|---|---|---|---|")
+    for name, (n, k) in shapes.items():
+        skip = [kind for kind in kinds if kind in KQ_BLOCK and k % 256]
+        for kind in skip:    # llama.cpp's mixes (glmcpu.convert.mixes) store these as q5_0 / q8_0
+            print(f"| {name} | {n}x{k} | - | {kind} | - | rows of {k} are no multiple of 256 | | | |")
+        here = [kind for kind in kinds if kind not in skip]
+        arrays = {kind: random_weights(kind, n, k, rng) for kind in here}
+        nbytes = {kind: sum(a.nbytes for a in arrays[kind]) for kind in here}
+        for T in tokens:
+            runners = {kind: Runner(kind, arrays[kind], n, k, T, n_ranges)
+                       for kind in here}
+            times = {kind: [] for kind in here}
+            for f in runners.values():
+                f()                                                     # warm-up
+            for _ in range(rounds):
+                for kind, f in runners.items():
+                    t0 = time.perf_counter()
+                    f()
+                    times[kind].append(time.perf_counter() - t0)
+            for kind in here:
+                med, best = float(np.median(times[kind])), min(times[kind])
+                mb = nbytes[kind]
+                print(f"| {name} | {n}x{k} | {T} | {kind} | {mb / 1e6:.1f} | {med * 1e3:.2f} | {best * 1e3:.2f} | "
+                      f"{mb / med / 1e9:.1f} | {T / med:.1f} |", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
     ap.add_argument("--variants", action="store_true", help="also time the earlier q4_0 matvec variants")
-    ap.add_argument("--kinds", default="f16,q8_0,q4_0,q4_1")
+    ap.add_argument("--kinds", default="f16,q8_0,q4_0,q4_1,q4_k,q5_k,q6_k")
+    ap.add_argument("--compare", default=None, metavar="KINDS",
+                    help="time these kinds in alternation (medians of --repeat rounds) instead of one by one")
+    ap.add_argument("--tokens", default=None, help="token counts, comma-separated (default 1,16,128)")
     ap.add_argument("--portable", action="store_true",
-                    help="time the portable 4-bit kernels even where the AVX2 ones would be used")
+                    help="time the portable 4-bit and K-quant kernels even where the AVX2 ones would be used")
     args = ap.parse_args(argv)
     if args.portable:
         os.environ["GLMCPU_SIMD"] = "off"
@@ -277,11 +392,18 @@ def main(argv=None):
     validate(kinds, n_ranges)
     shapes = {"small": (512, 256)} if args.quick else SHAPES_6B
     tokens = (1, 4) if args.quick else (1, 16, 128)
+    if args.tokens:
+        tokens = tuple(int(t) for t in args.tokens.split(","))
     rng = np.random.default_rng(0)
+    if args.compare:
+        compare(args.compare.split(","), shapes, tokens, args.repeat, n_ranges, rng)
+        return 0
     print(f"\n{threads} threads, 4-bit kernels: {'avx2' if K.avx2.available(R) else 'portable'}"
           f"\n| kind | matrix | shape | T | ms | GB/s | GFLOP/s |\n|---|---|---|---|---|---|---|")
     for kind in kinds:
         for name, (n, k) in shapes.items():
+            if kind in KQ_BLOCK and k % 256:
+                continue
             arrays = random_weights(kind, n, k, rng)
             nbytes = sum(a.nbytes for a in arrays)
             for T in tokens:

@@ -86,6 +86,56 @@ class Workspace:
                  self.kd.reshape(-1)[: c * (n_in // 256)].reshape(c, n_in // 256),
                  self.ksum.reshape(-1)[: c * (n_in // 16)].reshape(c, n_in // 16)))
 
+    def kquant_avx2(self, n_in):
+        """For the K-quant Linears on the AVX2 kernels (allocated at load, when the first asks):
+        per-range tile scratch (wq, sp, mn, dd, sums, sumf) of kernels.kquant_avx2.matmul_kquant_avx2
+        (the matvec uses sp and sums) and views [chunk, ...] of the permuted activations of width
+        n_in (xqq, xq2 [chunk, n_in + PAD] int8, xqu [chunk, n_in + PAD] uint8, corr [chunk,
+        (n_in + PAD) / 2] int16, asum2 [chunk, n_in / 32] int32; rows padded, see the kernel)."""
+        KA = K.kquant_avx2
+        if not hasattr(self, "kq_wq"):
+            n, (c, m) = self.n_ranges, self.xq.shape
+            self.kq_wq = np.zeros((n, KA.RT * 256), np.uint8)
+            self.kq_sp = np.zeros((n, KA.RT * 8), np.int32)
+            self.kq_mn = np.zeros((n, KA.RT * 8), np.int32)
+            self.kq_dd = np.zeros((n, 2 * KA.RT), np.float32)
+            self.kq_sums = np.zeros((n, KA.TB * KA.RT * 8), np.float32)
+            self.kq_sumf = np.zeros((n, KA.TB * KA.RT), np.float32)
+            self.kq_xqq = np.zeros((c, m + KA.PAD), np.int8)
+            self.kq_xq2 = np.zeros((c, m + KA.PAD), np.int8)
+            self.kq_xqu = np.zeros((c, m + KA.PAD), np.uint8)
+            self.kq_corr = np.zeros((c, (m + KA.PAD) // 2), np.int16)
+            self.kq_asum2 = np.zeros((c, m // 32), np.int32)
+        c = self.xq.shape[0]
+
+        def view(a, width):
+            return a.reshape(-1)[: c * width].reshape(c, width)
+        return ((self.kq_wq, self.kq_sp, self.kq_mn, self.kq_dd, self.kq_sums, self.kq_sumf),
+                (view(self.kq_xqq, n_in + KA.PAD), view(self.kq_xq2, n_in + KA.PAD),
+                 view(self.kq_xqu, n_in + KA.PAD), view(self.kq_corr, (n_in + KA.PAD) // 2),
+                 view(self.kq_asum2, n_in // 32)))
+
+    def q5_0_avx2(self):
+        """q5_0's AVX2 scratch (allocated at load, when the first asks): the transposed activation
+        scales and sums xdt [max_in / 32, chunk] float32, xst int32, and scr [n_ranges, 8] float32."""
+        if not hasattr(self, "q5_xdt"):
+            c, m = self.xq.shape
+            self.q5_xdt = np.zeros((m // 32, c), np.float32)
+            self.q5_xst = np.zeros((m // 32, c), np.int32)
+            self.q5_scr = np.zeros((self.n_ranges, 8), np.float32)
+        return self.q5_xdt, self.q5_xst, self.q5_scr
+
+    def q8_0_avx2(self):
+        """For the q8_0 Linears on the AVX2 kernels (allocated at load, when the first asks): per-range
+        scratch of kernels.q8_avx2.matmul_q8_0_avx2, acc [n_ranges, TA, R] float32 (the float sums of
+        TA = min(chunk, 256) tokens: each weight block is interleaved once per TA tokens) and xw
+        [n_ranges, TB * 32] int16 (one 32-block's activations of TB tokens, widened)."""
+        if not hasattr(self, "q8_acc"):
+            n, c, R = self.n_ranges, self.xq.shape[0], self.acc1.shape[1]
+            self.q8_acc = np.zeros((n, min(c, 256), R), np.float32)
+            self.q8_xw = np.zeros((n, K.quant.TB * 32), np.int16)
+        return self.q8_acc, self.q8_xw
+
     def nbytes(self):
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
@@ -142,19 +192,39 @@ class LinearBF16:
 
 
 class LinearKQuant:
-    """q4_k / q5_k / q6_k: ggml's rows (w [n_out, n_in / 256 * block bytes]), q8_K activations."""
+    """q4_k / q5_k / q6_k: ggml's rows (w [n_out, n_in / 256 * block bytes]), q8_K activations;
+    AVX2 kernels when the workspace chose them (kernels/kquant_avx2.py, the same bits)."""
 
     def __init__(self, qtype, kind, w, ws):
         self.type, self.kind, self.w = qtype, kind, w
         self.n_out = w.shape[0]
         self.n_in = w.shape[1] // {4: 144, 5: 176, 6: 210}[kind] * 256
         self.scratch, (self.aq, self.ad, self.asum) = ws.kquant(self.n_in)
+        if ws.avx2:
+            self.tile, self.perm = ws.kquant_avx2(self.n_in)
+            self._run = self._avx2
+        else:
+            self._run = self._portable
 
     def __call__(self, out, x):
+        self._run(out, x)
+
+    def _portable(self, out, x):
         T = x.shape[0]
         aq, ad, asum = self.aq[:T], self.ad[:T], self.asum[:T]
         K.quantize_q8_K(aq, ad, asum, x)
         K.matmul_kquant(out, *self.scratch, self.w, aq, ad, asum, self.kind)
+
+    def _avx2(self, out, x):
+        T = x.shape[0]
+        aq, ad, asum = self.aq[:T], self.ad[:T], self.asum[:T]
+        xqq, xq2, xqu, corr, asum2 = (a[:T] for a in self.perm)
+        K.quantize_q8_K(aq, ad, asum, x)
+        K.permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum)
+        if T == 1:
+            K.matvec_kquant_avx2(out[0], self.tile[1], self.tile[4], self.w, xqq, xq2, ad, asum2, corr, self.kind)
+        else:
+            K.matmul_kquant_avx2(out, *self.tile, self.w, xq2, xqu, ad, asum2, self.kind)
 
     def embed(self, out, ids):
         K.dequant_rows_kquant(out, self.w, ids, self.kind)
@@ -174,12 +244,25 @@ class LinearQ5_0:
         self.n_out, self.n_in = w.shape[0], w.shape[1] // 22 * 32
         self.rq, self.rd = ws.q5_0()
         self.xq, self.xd, self.xs, _ = ws.act(self.n_in)
+        self._run = self._avx2 if ws.avx2 else self._portable   # the same bits (kernels/kquant_avx2.py)
+        if ws.avx2:
+            self.xdt, self.xst, self.scr = ws.q5_0_avx2()
 
     def __call__(self, out, x):
         T = x.shape[0]
         xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
         K.quantize_act(xq, xd, xs, x)
+        self._run(out, xq, xd, xs)
+
+    def _portable(self, out, xq, xd, xs):
         K.matmul_q5_0(out, self.rq, self.rd, self.w, xq, xd)
+
+    def _avx2(self, out, xq, xd, xs):
+        nb = self.n_in // 32
+        xdt, xst = self.xdt[:nb], self.xst[:nb]
+        if xq.shape[0] >= 8:
+            K.kquant_avx2.transpose_act(xdt, xst, xd, xs)
+        K.matmul_q5_0_avx2(out, self.w, xq, xd, xs, xdt, xst, self.scr)
 
     def embed(self, out, ids):
         K.dequant_rows_q5_0(out, self.w, ids)
@@ -232,14 +315,23 @@ class LinearQ4:
 
 
 class LinearQ8_0:
+    """q8_0; AVX2 kernels when the workspace chose them (kernels/q8_avx2.py, the same bits)."""
     type = "q8_0"
 
     def __init__(self, qs, d, n_out, ws):
         self.qs, self.d, self.ws = qs, d, ws
         self.n_out, self.n_in = n_out, qs.shape[1] * 32
         self.xq, self.xd, self.xs, _ = ws.act(self.n_in)
+        if ws.avx2:
+            self.acc, self.xw = ws.q8_0_avx2()
+            self._run = self._avx2
+        else:
+            self._run = self._portable
 
     def __call__(self, out, x):
+        self._run(out, x)
+
+    def _portable(self, out, x):
         T, ws = x.shape[0], self.ws
         xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
         K.quantize_act(xq, xd, xs, x)
@@ -247,6 +339,15 @@ class LinearQ8_0:
             K.matvec_q8_0(out[0], ws.acc1, ws.p32_1, xq, xd, self.qs, self.d, self.n_out)
         else:
             K.matmul_q8_0(out, ws.acc, ws.p32, ws.w, xq, xd, self.qs, self.d, self.n_out)
+
+    def _avx2(self, out, x):
+        T, ws = x.shape[0], self.ws
+        xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
+        K.quantize_act(xq, xd, xs, x)
+        if T == 1:
+            K.matvec_q8_0_avx2(out[0], ws.acc1, ws.p32_1, xq, xd, self.qs, self.d, self.n_out)
+        else:
+            K.matmul_q8_0_avx2(out, self.acc, ws.p32, ws.w, self.xw, xq, xd, self.qs, self.d, self.n_out)
 
     def embed(self, out, ids):
         K.embed_q8_0(out, self.qs, self.d, ids)

@@ -132,9 +132,9 @@ def test_each_kernel_compiled_once_by_a_model_run(converted):
     counts = json.loads(r.stdout.strip().splitlines()[-1])
     used = ["first_nonfinite", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16", "embed_f32", "embed_f16",
             "rmsnorm", "rope_inplace", "attention", "swiglu", "quantize_act",
-            "matvec_q8_0", "matmul_q8_0", "embed_q4", "embed_q8_0"]
-    used += (["pair_act", "matvec_q4_avx2", "matmul_q4_avx2"] if K.avx2.available()
-             else ["matvec_q4", "matmul_q4"])
+            "embed_q4", "embed_q8_0"]
+    used += (["pair_act", "matvec_q4_avx2", "matmul_q4_avx2", "matvec_q8_0_avx2", "matmul_q8_0_avx2"]
+             if K.avx2.available() else ["matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0"])
     for name in used:
         assert counts[name] == 1, (name, counts)
     assert all(c <= 1 for c in counts.values()), counts

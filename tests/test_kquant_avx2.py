@@ -1,0 +1,436 @@
+"""The AVX2 K-quant kernels (kernels/kquant_avx2.py) against the portable ones (kernels/kquant.py,
+themselves equal to ggml's generic dots in test_kquant_types): bit for bit, per type, on ragged
+shapes and adversarial bytes; the intrinsics' numpy twins against the intrinsics, lane for lane;
+and a whole model in q4_k_m with GLMCPU_SIMD=off and on (the same logits, bit for bit)."""
+import numpy as np
+import pytest
+from numba import njit
+
+import glmcpu
+from glmcpu import kernels as K
+from glmcpu import kquants as KQ
+from glmcpu.kernels import kquant_avx2 as KA
+from helpers import random_checkpoint
+
+AVX2 = K.avx2.available()
+needs_avx2 = pytest.mark.skipif(not AVX2, reason="AVX2 kernels unavailable here (no AVX2, JIT off or "
+                                                 "GLMCPU_SIMD=off): nothing to compare")
+RNG = np.random.default_rng(15)
+KINDS = {"q4_K": 4, "q5_K": 5, "q6_K": 6}
+BPB = {4: 144, 5: 176, 6: 210}
+NR = 3       # ranges: rows split unevenly between them
+
+
+# ---------------------------------------------------------------- the intrinsics and their twins
+
+@njit(cache=True)
+def _run_bytes(op, out, a, off, b, shift, mask):
+    """out[0:32] = the i8x32 result of op on loadq / load32 of a and b."""
+    u = KA.loadq(a, off)
+    v = KA.load32(b, 0)
+    if op == 0:
+        r = u
+    elif op == 1:
+        r = v
+    elif op == 2:
+        r = KA.nib_lo(u)
+    elif op == 3:
+        r = KA.nib_hi(u)
+    elif op == 4:
+        r = KA.hbits(u, shift, mask)
+    elif op == 5:
+        r = KA.or32(u, v)
+    elif op == 6:
+        r = KA.pair_lo(u, v)
+    elif op == 7:
+        r = KA.pair_hi(u, v)
+    else:
+        r = KA.add8(u, mask - 128)
+    KA.store32(out, 0, r)
+
+
+def _run_bytes_py(op, out, a, off, b, shift, mask):
+    u, v = KA.loadq_py(a, off), KA.load32_py(b, 0)
+    r = [u, v, KA.nib_lo_py(u), KA.nib_hi_py(u), KA.hbits_py(u, shift, mask), KA.or32_py(u, v),
+         KA.pair_lo_py(u, v), KA.pair_hi_py(u, v), KA.add8_py(u, mask - 128)][op]
+    KA.store32_py(out, 0, r)
+
+
+@njit(cache=True)
+def _run_dots(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
+    """out[0:8] = the i32x8 result of a dot intrinsic, from a non-zero start (dot2_sc of acc0)."""
+    acc = KA.zero8()
+    KA.store8(out, 0, acc)
+    acc = KA.dot2_sc(acc, KA.load32(acc0, 0), KA.load32(acc0, 0), x, 64, sp, 0)   # any non-zero start
+    u = KA.load32(w1, 0)
+    v = KA.load32(w2, 0)
+    if op == 1:
+        acc = KA.dot_sc_c(acc, u, x, xoff, c, 3, sp, spoff)
+    elif op == 2:
+        acc = KA.dot2_sc(acc, u, v, x, xoff, sp, spoff)
+    elif op == 3:
+        acc = KA.dot_su(acc, u, x.view(np.uint8), xoff, sp, spoff)
+    else:
+        acc = KA.dot_c128(acc, u, sp, spoff)
+    KA.store8(out, 0, acc)
+
+
+def _run_dots_py(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
+    acc = KA.zero8_py()
+    acc = KA.dot2_sc_py(acc, KA.load32_py(acc0, 0), KA.load32_py(acc0, 0), x, 64, sp, 0)
+    u, v = KA.load32_py(w1, 0), KA.load32_py(w2, 0)
+    if op == 1:
+        acc = KA.dot_sc_c_py(acc, u, x, xoff, c, 3, sp, spoff)
+    elif op == 2:
+        acc = KA.dot2_sc_py(acc, u, v, x, xoff, sp, spoff)
+    elif op == 3:
+        acc = KA.dot_su_py(acc, u, x.view(np.uint8), xoff, sp, spoff)
+    else:
+        acc = KA.dot_c128_py(acc, u, sp, spoff)
+    KA.store8_py(out, 0, acc)
+
+
+@njit(cache=True)
+def _run_scaled(s, soff, d, x, sp, c):
+    aux = KA.dot2_sc(KA.zero8(), KA.load32(x, 0), KA.load32(x, 0), x.view(np.int8), 0, sp, 0)
+    KA.add_scaled(s, soff, d, aux)
+    KA.add_scaled_c(s, soff + 1, d, aux, c, 1)
+
+
+def _run_scaled_py(s, soff, d, x, sp, c):
+    aux = KA.dot2_sc_py(KA.zero8_py(), KA.load32_py(x, 0), KA.load32_py(x, 0), x.view(np.int8), 0, sp, 0)
+    KA.add_scaled_py(s, soff, d, aux)
+    KA.add_scaled_c_py(s, soff + 1, d, aux, c, 1)
+
+
+@njit(cache=True)
+def _run_k4(sp, w, off, a2, a2off):
+    return KA.k4_scales(sp, 0, w, off, a2, a2off)
+
+
+def _bytes(n, lo=0, hi=256, dtype=np.uint8):
+    return RNG.integers(lo, hi, n).astype(dtype)
+
+
+@needs_avx2
+@pytest.mark.parametrize("op", range(9), ids=["loadq", "load32", "nib_lo", "nib_hi", "hbits", "or32",
+                                              "pair_lo", "pair_hi", "add8"])
+def test_byte_intrinsics_equal_their_twins(op):
+    for trial in range(50):
+        a, b = _bytes(100), _bytes(32)
+        off, shift, mask = int(RNG.integers(0, 68)), int(RNG.integers(0, 8)), int(RNG.choice([1, 3, 255]))
+        got, want = np.zeros(32, np.uint8), np.zeros(32, np.uint8)
+        _run_bytes(op, got, a, off, b, shift, mask)
+        _run_bytes_py(op, want, a, off, b, shift, mask)
+        np.testing.assert_array_equal(got, want)
+    if op == 0:   # Q order itself: byte 4v + k <- byte v + 8k
+        _run_bytes_py(0, want, np.arange(32, dtype=np.uint8), 0, b, 0, 0)
+        assert list(want) == [v + 8 * k for v in range(8) for k in range(4)]
+
+
+@needs_avx2
+@pytest.mark.parametrize("op", range(1, 5), ids=["dot_sc_c", "dot2_sc", "dot_su", "dot_c128"])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_dot_intrinsics_equal_their_twins(op, extreme):
+    """Random operands, and extreme ones where vpmaddubsw saturates (255 * 127 * 2), vpmaddwd wraps
+    (-32768 * -32768 * 2) and the int16 sums of dot2_sc / dot_sc_c wrap: the twins model it all."""
+    for trial in range(50):
+        if extreme:
+            w1, w2 = np.full(32, 255, np.uint8), np.full(32, 255, np.uint8)
+            x = np.full(200, RNG.choice([127, -128]), np.int8)
+            c = np.full(40, RNG.choice([-32768, 32767]), np.int16)
+            sp = np.full(9, RNG.choice([-32768 * 65537, 32767 * 65537, -1]), np.int64).astype(np.int32)
+        else:
+            w1, w2, x = _bytes(32), _bytes(32), _bytes(200, -128, 128, np.int8)
+            c, sp = _bytes(40, -32768, 32768, np.int16), _bytes(9, -2**31, 2**31, np.int32)
+        acc0, xoff, spoff = _bytes(32), int(RNG.integers(0, 100)), int(RNG.integers(0, 9))
+        got, want = np.zeros(8, np.int32), np.zeros(8, np.int32)
+        _run_dots(op, got, acc0, w1, w2, x, xoff, c, sp, spoff)
+        _run_dots_py(op, want, acc0, w1, w2, x, xoff, c, sp, spoff)
+        np.testing.assert_array_equal(got, want)
+
+
+@needs_avx2
+def test_add_scaled_and_k4_scales_equal_their_twins():
+    for trial in range(100):
+        x, sp = _bytes(64), _bytes(1, -2**31, 2**31, np.int32)
+        d = np.float32(RNG.choice([1e-30, 1.0, 3e30, -0.0])) * np.float32(RNG.random())
+        s0 = RNG.standard_normal(21).astype(np.float32) * np.float32(RNG.choice([1e-20, 1.0, 1e20]))
+        got, want = s0.copy(), s0.copy()
+        off = int(RNG.integers(0, 12))
+        c = _bytes(9, -2**31, 2**31, np.int32)
+        _run_scaled(got, off, d, x, sp, c)
+        _run_scaled_py(want, off, d, x, sp, c)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        w, a2 = _bytes(40), _bytes(20, -5000, 5000, np.int32)
+        off, a2off = int(RNG.integers(0, 28)), int(RNG.integers(0, 12))
+        sg, sw = np.zeros(8, np.int32), np.zeros(8, np.int32)
+        assert _run_k4(sg, w, off, a2, a2off) == KA.k4_scales_py(sw, 0, w, off, a2, a2off)
+        np.testing.assert_array_equal(sg, sw)
+        # and both are ggml's get_scale_min_k4 (kernels.kquant._scale_min_k4, scalar)
+        sc_m = [K.kquant._scale_min_k4(w[None, off - 4:], 0, 0, j) if off >= 4 else None for j in range(8)]
+        if off >= 4:
+            assert list(sw[:4]) == [sc_m[2 * c][0] | sc_m[2 * c + 1][0] << 16 for c in range(4)]
+            assert int(_run_k4(sg, w, off, a2, a2off)) == sum(int(m) * int(a2[a2off + j]) for j, (_, m) in enumerate(sc_m))
+
+
+# ---------------------------------------------------------------- the kernels against the portable ones
+
+def _weights(kind, n, k, case):
+    """q-type bytes [n, k / 256 * block] for a test case: quantized Gaussian rows, or raw bytes with
+    the adversarial corners the kernels must survive (every f16 scale finite)."""
+    name = {4: "q4_K", 5: "q5_K", 6: "q6_K"}[kind]
+    if case == "quantized":
+        x = RNG.standard_normal((n, k)).astype(np.float32)
+        x[0, :256] = 0                     # an all-zero super-block
+        x[min(2, n - 1), 3] = 40           # an outlier
+        return KQ.QUANTIZE[name](x)
+    bpb = BPB[kind]
+    b = RNG.integers(0, 256, (n, k // 256, bpb), dtype=np.uint8)
+    if case == "max":                      # every quant and scale at its largest
+        b[:] = 255
+    nb = k // 256
+    d = RNG.choice([0.0, 1e-4, 0.5, 60000.0, -3.0], size=(n, nb)).astype(np.float16)
+    one = np.ones((n, nb), np.float16)
+    if case == "max":
+        d = one
+    at = 208 if kind == 6 else 0
+    b[:, :, at:at + 2] = d.view(np.uint8).reshape(n, nb, 2)
+    if kind == 6 and case == "max":
+        b[:, :, 192:208] = 0x80            # every scale -128
+    if kind != 6:
+        b[:, :, 2:4] = (one if case == "max" else np.roll(d, 1)).view(np.uint8).reshape(n, nb, 2)   # dmin
+    b[0, 0] = 0                            # an all-zero block: d = 0, q = 0
+    return b.reshape(n, -1)
+
+
+def _acts(T, k, case):
+    x = RNG.standard_normal((T, k)).astype(np.float32)
+    if case == "huge":
+        x *= np.float32(1e30)
+    elif case == "tiny":
+        x *= np.float32(1e-30)
+    elif case == "signs":                  # one sign per token: every q8 at +-127 in some blocks
+        x = np.abs(x) * np.where(np.arange(T) % 2, -1, 1).astype(np.float32)[:, None]
+    x[0, :256] = 0                         # an all-zero activation block
+    return x
+
+
+def _portable(kind, w, x):
+    T, k = x.shape
+    aq, ad, asum = np.zeros((T, k), np.int8), np.zeros((T, k // 256), np.float32), np.zeros((T, k // 16), np.int32)
+    K.quantize_q8_K(aq, ad, asum, x)
+    out = np.full((T, w.shape[0]), np.nan, np.float32)
+    K.matmul_kquant(out, np.zeros((NR, k), np.int32), np.zeros((NR, k // 256), np.float32),
+                    np.zeros((NR, k // 256), np.float32), np.zeros((NR, k // 16), np.int32), w, aq, ad, asum, kind)
+    return out, (aq, ad, asum)
+
+
+def _avx2(kind, w, act, T, k):
+    aq, ad, asum = act
+    pad = KA.PAD
+    xqq, xq2, xqu = np.zeros((T, k + pad), np.int8), np.zeros((T, k + pad), np.int8), np.zeros((T, k + pad), np.uint8)
+    corr, asum2 = np.zeros((T, (k + pad) // 2), np.int16), np.zeros((T, k // 32), np.int32)
+    K.permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum)
+    tile = (np.zeros((NR, KA.RT * 256), np.uint8), np.zeros((NR, KA.RT * 8), np.int32),
+            np.zeros((NR, KA.RT * 8), np.int32), np.zeros((NR, 2 * KA.RT), np.float32),
+            np.zeros((NR, KA.TB * KA.RT * 8), np.float32), np.zeros((NR, KA.TB * KA.RT), np.float32))
+    out = np.full((T, w.shape[0]), np.nan, np.float32)
+    K.matmul_kquant_avx2(out, *tile, w, xq2, xqu, ad, asum2, kind)
+    if T > 1:
+        return out, None
+    o1 = np.full(w.shape[0], np.nan, np.float32)
+    K.matvec_kquant_avx2(o1, tile[1], tile[4], w, xqq, xq2, ad, asum2, corr, kind)
+    return out, o1
+
+
+@needs_avx2
+@pytest.mark.parametrize("name", list(KINDS))
+@pytest.mark.parametrize("n,k", [(37, 512), (1, 256), (33, 1280), (50, 256)])
+@pytest.mark.parametrize("T", [1, 2, 7, 64, 300])
+def test_avx2_kernels_equal_the_portable_ones(name, n, k, T):
+    """matvec (T = 1) and matmul (any T) equal kernels.kquant.matmul_kquant bit for bit: ragged rows
+    (not a multiple of the 16-row tile), token counts around the 8-token register tile and the
+    32-token block, Gaussian activations."""
+    kind = KINDS[name]
+    w = _weights(kind, n, k, "quantized")
+    want, act = _portable(kind, w, _acts(T, k, "normal"))
+    got, got1 = _avx2(kind, w, act, T, k)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    if got1 is not None:
+        np.testing.assert_array_equal(got1.view(np.uint32), want[0].view(np.uint32))
+
+
+@needs_avx2
+@pytest.mark.parametrize("name", list(KINDS))
+@pytest.mark.parametrize("wcase", ["random", "max"])
+@pytest.mark.parametrize("xcase", ["normal", "huge", "tiny", "signs"])
+@pytest.mark.parametrize("T", [1, 9])
+def test_avx2_kernels_on_adversarial_bytes(name, wcase, xcase, T):
+    """Raw bytes (every quant, 6-bit scale and minimum, negative q6_K scales down to -128), every
+    quant and scale at its maximum, huge / tiny / one-signed activations, an all-zero block on each
+    side: still the portable kernel's bits (infinities and NaNs included)."""
+    kind, n, k = KINDS[name], 21, 768
+    w = _weights(kind, n, k, wcase)
+    want, act = _portable(kind, w, _acts(T, k, xcase))
+    got, got1 = _avx2(kind, w, act, T, k)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    if got1 is not None:
+        np.testing.assert_array_equal(got1.view(np.uint32), want[0].view(np.uint32))
+
+
+def test_permuted_activations():
+    """permute_q8_K's layouts, from their definitions (runs with or without AVX2)."""
+    T, k = 3, 512
+    aq = RNG.integers(-127, 128, (T, k)).astype(np.int8)
+    asum = aq.reshape(T, -1, 16).astype(np.int32).sum(-1).astype(np.int32)
+    xqq, xq2, xqu = np.zeros((T, k + 64), np.int8), np.zeros((T, k + 64), np.int8), np.zeros((T, k + 64), np.uint8)
+    corr, asum2 = np.zeros((T, k // 2 + 32), np.int16), np.zeros((T, k // 32), np.int32)
+    K.permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum)
+    q = np.array([v + 8 * kk for v in range(8) for kk in range(4)])
+    chunks = aq.reshape(T, -1, 32)
+    np.testing.assert_array_equal(xqq[:, :k].reshape(T, -1, 32), chunks[:, :, q])
+    np.testing.assert_array_equal(xqu[:, :k], (xqq[:, :k].astype(np.int32) + 128).astype(np.uint8))
+    lo = np.array([[v, v + 8, 32 + v, 40 + v] for v in range(8)]).reshape(-1)
+    pairs = aq.reshape(T, -1, 64)
+    np.testing.assert_array_equal(xq2[:, :k].reshape(T, -1, 64)[:, :, :32], pairs[:, :, lo])
+    np.testing.assert_array_equal(xq2[:, :k].reshape(T, -1, 64)[:, :, 32:], pairs[:, :, lo + 16])
+    a = chunks.astype(np.int32)
+    want = 32 * (a[:, :, q[0::2]] + a[:, :, q[1::2]])                  # int16 lane u: bytes 2u, 2u + 1
+    np.testing.assert_array_equal(corr[:, :k // 2].reshape(T, -1, 16), want)
+    np.testing.assert_array_equal(asum2, a.sum(-1))
+
+
+# ---------------------------------------------------------------- a whole model
+
+@pytest.fixture(scope="module")
+def kmodel(tmp_path_factory):
+    from glmcpu.convert import convert
+    d = tmp_path_factory.mktemp("kavx2")
+    # ffn 640 is no multiple of 256: ffn_down falls back to q5_0 / q8_0, as in ChatGLM3-6B (13696)
+    ckpt = random_checkpoint(str(d / "ckpt"), family="chatglm3", hidden=256, layers=2, heads=4, groups=2, ffn=640)
+    out = str(d / "q4_k_m.glmq")
+    convert(ckpt, out, dtype="q4_k_m", progress=False)
+    return out
+
+
+@needs_avx2
+def test_model_logits_same_with_simd_off_and_on(kmodel, monkeypatch):
+    """q4_k_m (q4_K, q6_K and, for the 640-wide ffn_down, q5_0 matrices): a 40-token prefill (a
+    32-token block and a ragged one) and two decode steps give the same logits, bit for bit, on the
+    portable and the AVX2 kernels."""
+    from glmcpu.file import ModelFile
+    types = {i["type"] for i in ModelFile(kmodel).tensor_types.values() if len(i["shape"]) == 2}
+    assert {"q4_k", "q6_k", "q5_0"} <= types, types
+    ids = [int(i) for i in RNG.integers(100, 60000, 40)]
+
+    def run():
+        m = glmcpu.load(kmodel, n_ctx=64, threads=2)
+        arch = getattr(m, "arch", None) or getattr(m, "_impl", None)
+        return np.concatenate([m.forward(ids), m.forward([ids[0]]), m.forward([ids[1]])]), arch.ws.avx2
+    monkeypatch.setenv("GLMCPU_SIMD", "off")
+    off, used_off = run()
+    monkeypatch.delenv("GLMCPU_SIMD")
+    on, used_on = run()
+    assert (used_off, used_on) == (False, True)
+    np.testing.assert_array_equal(on.view(np.uint32), off.view(np.uint32))
+
+
+_NOJIT_CHILD = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {here!r})
+import test_kquant_avx2 as T
+from glmcpu import kernels as K
+res = {{"jit": bool(K.JIT)}}
+for name, kind in T.KINDS.items():
+    w = T._weights(kind, 5, 512, "quantized")
+    for n_tok in (1, 3):
+        want, act = T._portable(kind, w, T._acts(n_tok, 512, "normal"))
+        got, got1 = T._avx2(kind, w, act, n_tok, 512)
+        res[f"{{name}} T={{n_tok}}"] = bool(np.array_equal(got.view(np.uint32), want.view(np.uint32)) and
+                                       (got1 is None or np.array_equal(got1.view(np.uint32), want[0].view(np.uint32))))
+print(json.dumps(res))
+"""
+
+
+def test_jit_off_avx2_kernels_equal_the_portable_ones():
+    """With NUMBA_DISABLE_JIT=1 the AVX2 kernels run in Python on the intrinsics' numpy twins (any CPU)
+    and still equal the portable kernels bit for bit."""
+    import json
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-c", _NOJIT_CHILD.format(here=here)], capture_output=True, text=True,
+                       timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res.pop("jit") is False
+    assert res and all(res.values()), res
+
+
+# ---------------------------------------------------------------- q5_0
+
+@njit(cache=True)
+def _run_q5(w, off, x, xoff):
+    v = KA.q5_0_vals(w, off)
+    return KA.dot32(v, x, xoff)
+
+
+@njit(cache=True)
+def _run_q5x8(out, w, off, x, xoff, stride, xs, xd, d):
+    """q5_0_term8 on a non-zero start (fadd_scaled of a dot32x8) and a dot32x8 of the block at off."""
+    v = KA.q5_0_vals(w, off)
+    acc = KA.fadd_scaled(KA.fzero8(), np.float32(1.0), KA.dot32x8(v, x, 0, 1))
+    KA.fstore8(out, 0, KA.q5_0_term8(acc, KA.dot32x8(v, x, xoff, stride), xs, 1, xd, 2, d))
+
+
+def _run_q5x8_py(out, w, off, x, xoff, stride, xs, xd, d):
+    v = KA.q5_0_vals_py(w, off)
+    acc = KA.fadd_scaled_py(KA.fzero8_py(), np.float32(1.0), KA.dot32x8_py(v, x, 0, 1))
+    KA.fstore8_py(out, 0, KA.q5_0_term8_py(acc, KA.dot32x8_py(v, x, xoff, stride), xs, 1, xd, 2, d))
+
+
+@needs_avx2
+def test_q5_0_intrinsics_equal_their_twins():
+    for trial in range(100):
+        w, x = _bytes(60), _bytes(400, -128, 128, np.int8)
+        off, xoff = int(RNG.integers(0, 38)), int(RNG.integers(0, 48))
+        assert _run_q5(w, off, x, xoff) == KA.dot32_py(KA.q5_0_vals_py(w, off), x, xoff)
+        stride = int(RNG.integers(1, 44))
+        xs, xd = _bytes(10, -5000, 5000, np.int32), RNG.standard_normal(10).astype(np.float32)
+        d = np.float32(RNG.choice([0.0, 1e-3, 7.5, 6e4]))
+        got, want = np.zeros(8, np.float32), np.zeros(8, np.float32)
+        _run_q5x8(got, w, off, x, xoff, stride, xs, xd, d)
+        _run_q5x8_py(want, w, off, x, xoff, stride, xs, xd, d)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # the values themselves: ggml's q5_0 layout, from glmcpu.quants' reference quantizer
+    from glmcpu import quants as Q
+    blk = Q.quantize_q5_0(RNG.standard_normal((1, 32)).astype(np.float32))
+    want = np.rint(Q.dequantize_q5_0(blk, 32)[0] / np.float32(blk[0, :2].copy().view(np.float16)[0])) + 16
+    np.testing.assert_array_equal(KA.q5_0_vals_py(blk, 0), want.astype(np.uint8))
+
+
+@needs_avx2
+@pytest.mark.parametrize("n,k", [(37, 512), (1, 32), (21, 13696 // 4)])
+@pytest.mark.parametrize("T", [1, 2, 7, 8, 19, 64])
+@pytest.mark.parametrize("xcase", ["normal", "huge", "tiny", "nan"])
+def test_q5_0_avx2_equals_the_portable_kernel(n, k, T, xcase):
+    """matmul_q5_0_avx2 equals kernels.kquant.matmul_q5_0 bit for bit (a NaN activation block included)."""
+    from glmcpu import quants as Q
+    w = Q.quantize_q5_0(RNG.standard_normal((n, k)).astype(np.float32) * np.float32(RNG.random()))
+    w[0, :22] = 0                                              # an all-zero block
+    x = RNG.standard_normal((T, k)).astype(np.float32)
+    x *= {"normal": 1, "huge": 1e30, "tiny": 1e-30, "nan": 1}[xcase]
+    if xcase == "nan":
+        x[-1, 5] = np.nan
+    xq, xd, xs = np.zeros((T, k), np.int8), np.zeros((T, k // 32), np.float32), np.zeros((T, k // 32), np.int32)
+    K.quantize_act(xq, xd, xs, x)
+    want, got = np.full((T, n), 7.0, np.float32), np.full((T, n), 7.0, np.float32)
+    K.matmul_q5_0(want, np.zeros((NR, k), np.int32), np.zeros((NR, k // 32), np.float32), w, xq, xd)
+    xdt, xst = np.zeros((k // 32, T + 3), np.float32), np.zeros((k // 32, T + 3), np.int32)
+    KA.transpose_act(xdt, xst, xd, xs)
+    K.matmul_q5_0_avx2(got, w, xq, xd, xs, xdt, xst, np.zeros((NR, 8), np.float32))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
