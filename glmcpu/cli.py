@@ -347,7 +347,13 @@ def build_parser():
     add_kv_argument(s)
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     s.add_argument("--model-name", default=None, help="model id clients send (default: the file name without extension)")
-    s.add_argument("--max-queue", type=int, default=8, help="requests that may wait beyond the running one")
+    s.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="requests generated at once, batched into each forward pass (default 1); the KV cache "
+                        "holds N sequences of --ctx tokens each")
+    s.add_argument("--prefill-chunk", type=int, default=128, metavar="TOKENS",
+                   help="with --parallel: prompt tokens read per step next to the running requests' tokens "
+                        "(default 128); longer prompts are read over several steps")
+    s.add_argument("--max-queue", type=int, default=8, help="requests that may wait beyond the running ones")
     s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow web pages from ORIGIN (e.g. http://localhost:3000, or '*') to call the API; "
                         "repeat for several (default: none)")

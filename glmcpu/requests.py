@@ -1,8 +1,14 @@
 """A generation request and its result, and the loop that runs one on a Model.
 
   GenerationRequest(prompt_ids, params, stop=[...])   what to generate (SamplingParams, stop strings)
-  run(model, request, cancelled=None)                 yields text pieces; the CompletionResult is
-                                                      in request.result when the iterator ends
+  Sequence(model, request, slot)                      one request's generation, stepped by a driver:
+                                                      the ids to compute next, then the logits -> pieces
+  run(model, request, cancelled=None)                 the one-sequence driver: yields text pieces; the
+                                                      CompletionResult is in request.result when it ends
+
+The server's batch driver (glmcpu/batcher.py) steps several Sequences in one forward pass each
+(Model.forward_batch); every token goes through the same Sequence.feed, so a reply is the same
+whichever driver runs it.
 
 Stop strings end the reply at their first occurrence and are never part of the text, also when a
 stop string spans tokens: text that could still be the start of a stop string is held back until
@@ -127,88 +133,155 @@ def check(model, request):
         raise GlmcpuError(f"token id {bad[0]} is out of range for vocab_size {model.vocab_size}")
 
 
-def run(model, request, cancelled=None):
-    """Generate for ``request`` on ``model`` (one at a time: the caller serializes). Yields text pieces
-    whose concatenation is request.result.text. The prompt's longest prefix already in the cache is
-    kept (model.cached_prefix) and only the rest is computed."""
-    from .chat import stop_ids
-    check(model, request)
-    ids, params, res, con = request.prompt_ids, request.params, request.result, request.constraint
-    tok = model.tokenizer
-    stops = stop_ids(tok, model.config.eos_token_ids)
-    sampler, dec, matcher = Sampler(params), StreamDecoder(tok), StopMatcher(request.stop)
-    keep = model.cached_prefix(ids) if request.reuse_cache and not request.prompt_logprobs else 0
-    model.rewind(keep)
-    res.prompt_tokens, res.cached_tokens = len(ids), keep
-    out = []
-    t0 = time.perf_counter()
-    try:
-        if cancelled and cancelled():
-            res.finish_reason = "cancelled"
+class Sequence:
+    """One request's generation as a state machine that a driver steps: ``run`` below for one
+    sequence, glmcpu/batcher.py for several sharing forward passes.
+
+      seq = Sequence(model, request, slot)   checks the request, keeps the slot's cached prefix
+      seq.next_ids(budget)                   the ids to compute next in the slot: (a chunk of)
+                                             the uncached prompt, or the last sampled token
+      seq.feed(n, logits)                    n of them were appended to the slot; logits [vocab]
+                                             after the last (every row's [n, vocab] when
+                                             seq.all_rows): returns the text pieces to send
+      seq.cancel() / seq.close()             the client went away / the driver gave up
+
+    ``done`` is True once the result is final (request.result)."""
+
+    def __init__(self, model, request, slot=0):
+        from .chat import stop_ids
+        check(model, request)
+        self.model, self.request, self.slot = model, request, slot
+        ids, res = request.prompt_ids, request.result
+        tok = model.tokenizer
+        self.tok, self.stops = tok, stop_ids(tok, model.config.eos_token_ids)
+        self.sampler, self.dec, self.matcher = Sampler(request.params), StreamDecoder(tok), StopMatcher(request.stop)
+        keep = model.cached_prefix(ids, slot) if request.reuse_cache and not request.prompt_logprobs else 0
+        model.rewind(keep, slot)
+        res.prompt_tokens, res.cached_tokens = len(ids), keep
+        self.todo = ids[keep:]     # prompt ids not computed yet
+        self.rows = []             # with prompt logprobs: the logits of every prompt row so far
+        self.last = None           # the sampled token whose logits come next
+        self.seen, self.counts = list(ids), {}
+        self.penalized = request.presence_penalty != 0 or request.frequency_penalty != 0
+        self.limit = min(request.params.max_new_tokens, model.n_ctx - len(ids))
+        self.out, self.done = [], False
+        self.t0 = time.perf_counter()
+
+    @property
+    def all_rows(self):
+        """True while the prompt is computed with every row's logits (its log-probabilities)."""
+        return self.request.prompt_logprobs and bool(self.todo)
+
+    @property
+    def prefilling(self):
+        return bool(self.todo)
+
+    def next_ids(self, budget=None):
+        """The ids to compute next: the uncached prompt (at most ``budget`` of it), else the last
+        sampled token."""
+        if self.todo:
+            return self.todo if budget is None else self.todo[:max(1, budget)]
+        return [self.last]
+
+    def feed(self, n, logits):
+        """n ids of next_ids() were appended to the cache; ``logits`` the next token's (float32
+        [vocab]; [n, vocab] when all_rows). Returns the pieces of reply text to send now."""
+        req, res = self.request, self.request.result
+        if self.todo:
+            if self.all_rows:
+                self.rows.append(logits)
+                logits = logits[-1]
+            self.todo = self.todo[n:]
+            if self.todo:
+                return []
+            res.prefill_s = time.perf_counter() - self.t0
+            if self.rows:
+                every = np.concatenate(self.rows) if len(self.rows) > 1 else self.rows[0]
+                res.prompt_logprobs = _prompt_logprobs(self.tok, every, req.prompt_ids, req.logprobs)
+                self.rows = []
+        if len(res.token_ids) >= self.limit:
+            return self._finish("length")
+        con, gen = req.constraint, res.token_ids
+        if self.counts:
+            logits = _penalize(logits, self.counts, req.presence_penalty, req.frequency_penalty)
+        nxt = self.sampler(logits if con is None else con.apply(logits), self.seen)
+        if nxt in self.stops:
+            return self._finish("stop")
+        entry = None
+        if req.logprobs is not None:
+            entry = _logprob_entry(self.tok, logits, nxt, req.logprobs, len(self.dec.emitted))
+        if con is not None:
+            con.advance(nxt)
+        self.seen.append(nxt)
+        gen.append(nxt)
+        if self.penalized:
+            self.counts[nxt] = self.counts.get(nxt, 0) + 1
+        res.completion_tokens += 1
+        text = self.dec.push(nxt)
+        if entry is not None:  # the token's text: what it adds to the decoded reply ("" for part of a character)
+            entry["token"] = text
+            res.logprobs.append(entry)
+        pieces = self._send(self.matcher.feed(text))
+        if self.matcher.hit or (con is not None and con.done()):  # a stop string, or the grammar is complete
+            return pieces + self._finish("stop")
+        if len(gen) >= self.limit:
+            return pieces + self._finish("length")
+        self.last = nxt
+        return pieces
+
+    def cancel(self):
+        """The client went away: the reply ends here ("cancelled")."""
+        if not self.done:
+            self.request.result.finish_reason = "cancelled"
+            self.close()
+
+    def close(self):
+        """Make the result final (also after an error): text, the log-probabilities it covers, timings."""
+        if self.done:
             return
-        if request.prompt_logprobs:  # every prompt position's logits (the cache was not reused)
-            every = model.forward(ids, all_logits=True)
-            res.prompt_logprobs = _prompt_logprobs(tok, every, ids, request.logprobs)
-            logits = every[-1]
-        else:
-            logits = model.forward(ids[keep:], all_logits=False)[0]
-        res.prefill_s = time.perf_counter() - t0
-        seen, gen = list(ids), res.token_ids
-        penalized = request.presence_penalty != 0 or request.frequency_penalty != 0
-        counts = {}
-        limit = min(params.max_new_tokens, model.n_ctx - len(ids))
-        while True:
-            if len(gen) >= limit:
-                res.finish_reason = "length"
-                break
-            if counts:
-                logits = _penalize(logits, counts, request.presence_penalty, request.frequency_penalty)
-            nxt = sampler(logits if con is None else con.apply(logits), seen)
-            if nxt in stops:
-                res.finish_reason = "stop"
-                break
-            entry = None
-            if request.logprobs is not None:
-                entry = _logprob_entry(tok, logits, nxt, request.logprobs, len(dec.emitted))
-            if con is not None:
-                con.advance(nxt)
-            seen.append(nxt)
-            gen.append(nxt)
-            if penalized:
-                counts[nxt] = counts.get(nxt, 0) + 1
-            res.completion_tokens += 1
-            text = dec.push(nxt)
-            if entry is not None:  # the token's text: what it adds to the decoded reply ("" for part of a character)
-                entry["token"] = text
-                res.logprobs.append(entry)
-            piece = matcher.feed(text)
-            if piece:
-                out.append(piece)
-                yield piece
-            if matcher.hit or (con is not None and con.done()):  # a stop string, or the grammar is complete
-                res.finish_reason = "stop"
-                break
-            if len(gen) >= limit:
-                res.finish_reason = "length"
-                break
-            if cancelled and cancelled():
-                res.finish_reason = "cancelled"
-                return
-            logits = model.forward([nxt], all_logits=False)[0]
-        if not matcher.hit:
-            piece = matcher.feed(dec.flush())
-            piece += matcher.flush() if not matcher.hit else ""
-            if piece:
-                out.append(piece)
-                yield piece
-        raw = tok.decode(gen, skip_special_tokens=False)
-        cuts = [p for p in (raw.find(s) for s in request.stop) if p >= 0]
-        res.raw_text = raw[:min(cuts)] if cuts else raw
-    finally:
-        res.text = "".join(out)
+        self.done = True
+        res = self.request.result
+        res.text = "".join(self.out)
         if res.logprobs:  # the tokens of a cut stop string are not part of the reply
             res.logprobs = [e for e in res.logprobs if e["offset"] < len(res.text)]
-        res.decode_s = time.perf_counter() - t0 - res.prefill_s
+        res.decode_s = time.perf_counter() - self.t0 - res.prefill_s
+
+    def _send(self, piece):
+        if piece:
+            self.out.append(piece)
+            return [piece]
+        return []
+
+    def _finish(self, reason):
+        res, req = self.request.result, self.request
+        res.finish_reason = reason
+        pieces = []
+        if not self.matcher.hit:
+            piece = self.matcher.feed(self.dec.flush())
+            piece += self.matcher.flush() if not self.matcher.hit else ""
+            pieces = self._send(piece)
+        raw = self.tok.decode(res.token_ids, skip_special_tokens=False)
+        cuts = [p for p in (raw.find(s) for s in req.stop) if p >= 0]
+        res.raw_text = raw[:min(cuts)] if cuts else raw
+        self.close()
+        return pieces
+
+
+def run(model, request, cancelled=None):
+    """Generate for ``request`` on ``model`` (slot 0; one at a time: the caller serializes). Yields
+    text pieces whose concatenation is request.result.text. The prompt's longest prefix already in
+    the cache is kept (model.cached_prefix) and only the rest is computed."""
+    seq = Sequence(model, request)
+    try:
+        while not seq.done:
+            if cancelled and cancelled():
+                seq.cancel()
+                return
+            ids = seq.next_ids()
+            logits = model.forward(ids, all_logits=seq.all_rows)
+            yield from seq.feed(len(ids), logits if seq.all_rows else logits[0])
+    finally:
+        seq.close()
 
 
 def _logprob_entry(tok, logits, chosen, n_top, offset):

@@ -1,11 +1,15 @@
 """`glmcpu serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn, the `server` extra).
 
   create_app(model, model_name, api_key=None, max_queue=8, max_body=...)   the ASGI app
-  run_server(model_path=None, host="127.0.0.1", port=8000, ...)           load a model and serve it
+  run_server(model_path=None, host="127.0.0.1", port=8000, parallel=1, ...)  load a model and serve it
   serve_main(args)                                                         the CLI subcommand (its
                                                                            arguments: glmcpu/cli.py)
 
-Requests run one at a time on the one model (``Scheduler``); a client that goes away mid-stream
+A model with one KV-cache slot runs requests one at a time (``Scheduler``, ``Job``: a thread per
+request); a model loaded with n_slots=N (``--parallel N``) runs up to N at once by continuous
+batching (glmcpu/batcher.py: one worker thread, every running request's next token computed in the
+same forward pass, new prompts read in chunks between decode steps). Either way up to ``max_queue``
+more requests wait and the next gets a 503 with Retry-After, and a client that goes away mid-stream
 cancels its generation before the next token. Every error is an OpenAI error object
 {"error": {"message", "type", "param", "code"}} with a 4xx status.
 
@@ -35,6 +39,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise GlmcpuError(f"the server needs the 'server' extra: pip install 'glmcpu[server]' ({e})") from None
 
+from .batcher import DEFAULT_PREFILL_CHUNK, Batcher, QueueFull
 from .generate import SamplingParams
 from .requests import GenerationRequest, run
 from . import toolcalls
@@ -130,6 +135,11 @@ class CompletionRequest(_Sampling):
 
 # ---------------------------------------------------------------- scheduling
 
+def _busy():
+    return APIError(503, "the server is busy: too many requests are waiting; retry later",
+                    "server_error", code="server_busy", headers={"Retry-After": "1"})
+
+
 class Scheduler:
     """One request runs on the model at a time; up to ``max_queue`` more wait. The model is
     released only when the worker thread has stopped touching it."""
@@ -141,8 +151,7 @@ class Scheduler:
 
     async def acquire(self):
         if self.pending > self.max_queue:
-            raise APIError(503, "the server is busy: too many requests are waiting; retry later",
-                           "server_error", code="server_busy", headers={"Retry-After": "1"})
+            raise _busy()
         self.pending += 1
         try:
             await self.lock.acquire()
@@ -193,14 +202,51 @@ class Job:
             yield piece
 
 
+class BatchJob(Job):
+    """A Job whose request runs on the Batcher's worker with the other running requests."""
+
+    def __init__(self, batcher, request, loop):
+        self.batcher, self.request, self.loop = batcher, request, loop
+        self.queue = asyncio.Queue()
+        self.done = loop.create_future()
+        self.cancel = None
+
+    def start(self):
+        try:
+            ticket = self.batcher.submit(self.request, self._piece, self._ended)
+        except QueueFull:
+            raise _busy() from None
+        self.cancel = ticket.cancelled  # .set(): the batcher drops the request at its next step
+
+    def _piece(self, piece):
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+
+    def _ended(self, error):
+        self.loop.call_soon_threadsafe(self._settle, error)
+
+    def _settle(self, error):
+        self.queue.put_nowait(None)
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(self.request.result)
+            else:
+                self.done.set_exception(error)
+
+
 # ---------------------------------------------------------------- the app
 
 def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MAX_BODY, log=None,
-               cors_origins=()):
+               cors_origins=(), prefill_chunk=DEFAULT_PREFILL_CHUNK):
     """The ASGI app serving ``model`` as ``model_name``; ``cors_origins``: the browser origins
-    (e.g. "http://localhost:3000", or "*") allowed to call it from a web page."""
+    (e.g. "http://localhost:3000", or "*") allowed to call it from a web page. A model with
+    n_slots > 1 runs that many requests at once (a Batcher reading at most ``prefill_chunk``
+    prompt tokens per step; it is ``app.state.batcher``, closed when the app shuts down)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     app = FastAPI(title="glmcpu", docs_url=None, redoc_url=None, openapi_url=None)
+    batcher = app.state.batcher = None
+    if getattr(model, "n_slots", 1) > 1:
+        batcher = app.state.batcher = Batcher(model, prefill_chunk=prefill_chunk, max_queue=max_queue)
+        app.router.on_shutdown.append(batcher.close)
     state = {"scheduler": None}
     created = int(time.time())
     tool_family = model.family in toolcalls.TOOL_FAMILIES
@@ -241,7 +287,13 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
 
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        if batcher is None:
+            return {"status": "ok"}
+        with batcher.cond:  # with --parallel: the slots, what runs and waits, the steps taken so far
+            waiting = len(batcher.waiting)
+            stats = {k: round(v, 6) for k, v in batcher.stats.items()}
+            return {"status": "ok", "slots": batcher.n_slots, "running": batcher.pending - waiting,
+                    "waiting": waiting, "steps": stats}
 
     @app.get("/v1/models")
     async def list_models():
@@ -420,10 +472,14 @@ def create_app(model, model_name, api_key=None, max_queue=8, max_body=DEFAULT_MA
         return await respond(request, body, req, chat=False, tools=None)
 
     async def respond(request, body, req, chat, tools):
-        sched = scheduler()
-        await sched.acquire()
-        job = Job(model, req, sched, asyncio.get_running_loop())
-        job.start()
+        if batcher is not None:
+            job = BatchJob(batcher, req, asyncio.get_running_loop())
+            job.start()
+        else:
+            sched = scheduler()
+            await sched.acquire()
+            job = Job(model, req, sched, asyncio.get_running_loop())
+            job.start()
         watcher = asyncio.create_task(_watch_disconnect(request, job))
         cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         if body.stream:
@@ -548,8 +604,13 @@ def _param(loc):
     return out or None
 
 
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _sse(obj):
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    """One server-sent event. JSON leaves NEL, U+2028 and U+2029 raw; they are escaped too, for
+    clients that split the stream with str.splitlines (httpx's iter_lines) rather than on \\n."""
+    return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
 
 
 def _finish(reason):
@@ -761,24 +822,39 @@ async def _completion_stream(job, cid, name, include_usage, tools, family):
 # ---------------------------------------------------------------- running it
 
 def run_server(model_path=None, host="127.0.0.1", port=8000, n_ctx=4096, threads=None, api_key=None,
-               model_name=None, max_queue=8, log_level="warning", cors_origins=(), kv="f16"):
-    """Load ``model_path`` (None: the built-in demo model) and serve it until interrupted."""
+               model_name=None, max_queue=8, log_level="warning", cors_origins=(), kv="f16", parallel=1,
+               prefill_chunk=DEFAULT_PREFILL_CHUNK):
+    """Load ``model_path`` (None: the built-in demo model) and serve it until interrupted;
+    ``parallel``: requests generated at once (KV-cache slots of n_ctx tokens each)."""
     import os
     import uvicorn
     import glmcpu
+    from .batcher import passive_openmp
     path = model_path or glmcpu.demo_model_path()
-    model = glmcpu.load(path, n_ctx=n_ctx, threads=threads, kv=kv)
+    if parallel > 1:
+        passive_openmp()
+    model = glmcpu.load(path, n_ctx=n_ctx, threads=threads, kv=kv, n_slots=parallel)
     name = model_name or os.path.splitext(os.path.basename(path))[0]
-    app = create_app(model, name, api_key=api_key, max_queue=max_queue, cors_origins=cors_origins)
-    print(f"glmcpu: serving {name} ({model.family}, n_ctx={model.n_ctx}, {model.kv} KV cache "
-          f"{model.arch.kv_bytes() / 1e9:.2f} GB) on http://{host}:{port}/v1",
-          file=sys.stderr, flush=True)
+    app = create_app(model, name, api_key=api_key, max_queue=max_queue, cors_origins=cors_origins,
+                     prefill_chunk=prefill_chunk)
+    slots = (f"{parallel} parallel slots of n_ctx={model.n_ctx}, prefill chunk {prefill_chunk}" if parallel > 1
+             else f"n_ctx={model.n_ctx}")
+    kv_bytes = model.arch.kv_bytes()
+    size = f"{kv_bytes / 1e9:.2f} GB" if kv_bytes >= 1e8 else f"{kv_bytes / 1e6:.1f} MB"
+    print(f"glmcpu: serving {name} ({model.family}, {slots}, {model.kv} KV cache {size}) "
+          f"on http://{host}:{port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def serve_main(args):
     if args.max_queue < 0:
         raise GlmcpuError(f"--max-queue must be >= 0, got {args.max_queue}")
+    parallel = getattr(args, "parallel", 1)
+    chunk = getattr(args, "prefill_chunk", DEFAULT_PREFILL_CHUNK)
+    if not 1 <= parallel <= 256:
+        raise GlmcpuError(f"--parallel (requests generated at once) must be 1..256, got {parallel}")
+    if chunk < 1:
+        raise GlmcpuError(f"--prefill-chunk must be >= 1 token, got {chunk}")
     run_server(args.model, host=args.host, port=args.port, n_ctx=args.ctx, threads=args.threads,
                api_key=args.api_key, model_name=args.model_name, max_queue=args.max_queue,
-               cors_origins=args.cors_origin, kv=args.kv)
+               cors_origins=args.cors_origin, kv=args.kv, parallel=parallel, prefill_chunk=chunk)
