@@ -19,8 +19,10 @@ from . import gguf_file as F
 from . import gguf_tokenizer
 from .writer import check_output_path
 
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "bf16": 32, "q4_k": 15, "q5_k": 17,
-              "q6_k": 18}  # llama_ftype: q4_k / q5_k name the _M mixes (LLAMA_FTYPE_MOSTLY_Q4_K_M, Q5_K_M)  # llama_ftype: the weights' main type
+# llama_ftype, the weights' main type: by the file's --dtype, else by the type of blk.0.ffn_down
+# (q4_k / q5_k name the _M mixes, LLAMA_FTYPE_MOSTLY_Q4_K_M / Q5_K_M)
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "bf16": 32, "q4_k": 15,
+              "q5_k": 17, "q6_k": 18, "q4_k_m": 15, "q5_k_m": 17}
 
 
 def _gguf_names(family, ours):
@@ -70,7 +72,8 @@ def _model_keys(w, mf, family, a):
     if a.rope_pos_scale != 1.0:
         w.add(A + "rope.scaling.type", "linear", F.STRING)
         w.add(A + "rope.scaling.factor", a.rope_pos_scale, F.FLOAT32)
-    w.add("general.file_type", FILE_TYPES[mf.tensor_types["blk.0.ffn_down.weight"]["type"]], F.UINT32)
+    ftype = FILE_TYPES.get(mf.quantization.get("dtype"), FILE_TYPES[mf.tensor_types["blk.0.ffn_down.weight"]["type"]])
+    w.add("general.file_type", ftype, F.UINT32)
     w.add("general.quantization_version", 2, F.UINT32)  # ggml's QK format version
 
 

@@ -5,8 +5,8 @@ from its llama.cpp architecture, tokenizer and tensors (``families.detect_gguf``
 hyper-parameters from its ``<arch>.*`` keys (what llama.cpp itself runs), the head size from the
 attention tensors' shapes; the tokenizer is rebuilt from its ``tokenizer.*`` keys into the
 family's own tokenizer file (convert/gguf_tokenizer.py). Tensors of a type the registry has
-(F32, F16, Q8_0, Q4_0, Q4_1) are repacked bit for bit by the pipeline; any other type is refused
-unless ``--dtype`` asks to requantize from the dequantized values.
+(F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) are repacked bit for bit by the
+pipeline, or requantized from their dequantized values with ``--dtype``; other types are refused.
 """
 import base64
 import hashlib
@@ -16,7 +16,7 @@ import numpy as np
 from glmcpu import families, models, qtypes
 from glmcpu.errors import GlmcpuError, UnsupportedError
 from glmcpu.families.common import is_base_model, layer_pattern
-from . import ggml_dequant, gguf_tokenizer
+from . import gguf_tokenizer
 from .gguf_file import GGUFFile
 
 class GGUFTensor:
@@ -33,19 +33,16 @@ class GGUFTensor:
         return self._f.data(self._info)[r0:r1]
 
     def rows_f32(self, r0=None, r1=None):
-        """Dequantized rows: through the registry (every type glmcpu stores) or
-        convert/ggml_dequant.py (Q5_1); other types are refused naming the tensor."""
+        """Dequantized rows, through the registry (every type glmcpu stores); other types are refused
+        naming the tensor."""
         raw, cols = self.ggml_rows(r0, r1), self.shape[-1]
         q = qtypes.BY_GGML_TYPE.get(self.ggml_type)
         if q is not None:
             shape = (raw.shape[0], cols) if len(self.shape) == 2 else self.shape
             x = q.dequantize(dict(zip(q.storage, q.from_ggml(raw, shape))), shape)
-        elif self.ggml_type_name in ggml_dequant.DEQUANTIZE:
-            with np.errstate(all="ignore"):
-                x = ggml_dequant.DEQUANTIZE[self.ggml_type_name](raw, cols)
         else:
-            raise GlmcpuError(f"{self.path}: tensor {self.name!r} is {self.ggml_type_name}, which glmcpu cannot "
-                              f"dequantize either")
+            from .pipeline import unreadable_type
+            raise GlmcpuError(unreadable_type(self))
         return np.asarray(x, np.float32).reshape(self.shape if len(self.shape) == 1 else (-1, cols))
 
 

@@ -10,9 +10,8 @@ use_more_bits(i, n) = i < n/8 or i >= 7n/8 or (i - n/8) % 3 == 2:
     every other matrix (token_embd included)          the base type: q4_K (Q4_K_M) or q5_K (Q5_K_M)
 
 then rows that are not a multiple of 256 fall back as llama.cpp's tensor_type_fallback does: q5_0
-for q4_K, q8_0 for q6_K, and q5_1 for q5_K, which glmcpu does not store: q8_0 there (more bits, so
-no quality is lost; the file is larger). GLM's 13696-wide ffn_down rows take this path.
-One more difference: llama.cpp's attn_v rule applies to attn_v alone where the checkpoint has
+for q4_K, q5_1 for q5_K, q8_0 for q6_K. GLM's 13696-wide ffn_down rows take this path.
+One difference: llama.cpp's attn_v rule applies to attn_v alone where the checkpoint has
 separate q/k/v (glm-4-9b-chat-hf, GLM-Edge, GLM-4-0414); glmcpu stores them as one fused QKV
 matrix, which then takes the attn_v type whole.
 """
@@ -38,6 +37,6 @@ def mix_type(mix, name, cols, n_layer, tied):
     elif m and use_more_bits(int(m.group(1)), n_layer):
         want = "q6_k"
     if not qtypes.fits(qtypes.get(want), cols):
-        fallback = {"q4_k": "q5_0"}.get(want, "q8_0")  # llama.cpp: q5_K -> q5_1, which glmcpu lacks
+        fallback = {"q4_k": "q5_0", "q5_k": "q5_1"}.get(want, "q8_0")
         return fallback, f"note: {name} has rows of {cols} values, not a multiple of 256: {fallback} instead of {want}"
     return want, None

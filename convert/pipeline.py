@@ -139,6 +139,14 @@ def open_source(src, family=None, tokenizer=None, tokenizer_dir=None, log=None):
     return open_hf(src, family=family, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, log=log)
 
 
+def unreadable_type(reader):
+    """The error for a GGUF tensor of a ggml type glmcpu neither stores nor dequantizes."""
+    from .gguf_file import TYPE_NAMES
+    known = ", ".join(TYPE_NAMES[t] for t in sorted(qtypes.BY_GGML_TYPE))
+    return (f"{reader.path}: tensor {reader.name!r} is {reader.ggml_type_name}, which glmcpu cannot read; "
+            f"use a GGUF whose tensors are {known} (llama.cpp's llama-quantize makes one)")
+
+
 def _choose_type(name, reader, q, group_size, log):
     """The storage type and group size of one tensor: norms and biases f32; a GGUF tensor keeps
     its own type when ``q`` is None; quantized rows need a group size dividing their length."""
@@ -147,9 +155,7 @@ def _choose_type(name, reader, q, group_size, log):
     if q is None:  # keep the source's type (GGUF)
         kept = qtypes.BY_GGML_TYPE.get(reader.ggml_type)
         if kept is None:
-            raise GlmcpuError(f"{reader.path}: tensor {reader.name!r} is {reader.ggml_type_name}, which glmcpu "
-                              f"cannot store; pass --dtype (e.g. q8_0 or f16) to requantize it from its "
-                              f"dequantized values")
+            raise GlmcpuError(unreadable_type(reader))
         return kept, (32 if kept.grouped else None)
     if not q.grouped:
         if not qtypes.fits(q, reader.shape[1]):  # K-quants: rows of whole 256-value super-blocks

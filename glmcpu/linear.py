@@ -64,6 +64,14 @@ class Workspace:
             self.rq = np.zeros((self.n_ranges, self.xq.shape[1]), np.int32)
         return self.rq
 
+    def q5_1(self):
+        """q5_1's per-range scratch: (rq, rd32, rm32 [n_ranges, max_in / 32] float32: a row's block
+        scales and minimums)."""
+        if not hasattr(self, "rm32"):
+            self.rm32 = np.zeros((self.n_ranges, self.xq.shape[1] // 32), np.float32)
+        rq, rd = self.q5_0()
+        return rq, rd, self.rm32
+
     def q5_0(self):
         """q5_0's per-range scratch: (rq, rd32 [n_ranges, max_in / 32] float32, a row's block scales)."""
         if not hasattr(self, "rd32"):
@@ -273,6 +281,32 @@ class LinearQ5_0:
         return out
 
 
+class LinearQ5_1:
+    """q5_1: ggml's rows (w [n_out, n_in / 32 * 24]), the int8 activations of the other 32-block
+    types; portable kernels (kernels/q5_1.py: it holds the few fallback matrices of a Q5_K_M file)."""
+    type = "q5_1"
+
+    def __init__(self, w, ws):
+        self.w, self.ws = w, ws
+        self.n_out, self.n_in = w.shape[0], w.shape[1] // 24 * 32
+        self.rq, self.rd, self.rm = ws.q5_1()
+        self.xq, self.xd, self.xs, _ = ws.act(self.n_in)
+
+    def __call__(self, out, x):
+        T = x.shape[0]
+        xq, xd, xs = self.xq[:T], self.xd[:T], self.xs[:T]
+        K.quantize_act(xq, xd, xs, x)
+        K.matmul_q5_1(out, self.rq, self.rd, self.rm, self.w, xq, xd, xs)
+
+    def embed(self, out, ids):
+        K.dequant_rows_q5_1(out, self.w, ids)
+
+    def dequantize(self):
+        out = np.empty((self.n_out, self.n_in), np.float32)
+        K.dequant_rows_q5_1(out, self.w, np.arange(self.n_out))
+        return out
+
+
 class LinearQ4:
     """q4_0 (mins empty) and q4_1; AVX2 kernels when the workspace chose them (same results)."""
 
@@ -378,14 +412,14 @@ class LinearReference:
 
         if isinstance(lin, LinearKQuant):
             self.blocks, self.kq = lin.w, "q%d_K" % lin.kind
-        if isinstance(lin, LinearQ5_0):
+        if isinstance(lin, (LinearQ5_0, LinearQ5_1)):
             self.blocks = lin.w
 
     def __call__(self, out, x):
         if self.kind in ("q4_0", "q4_1", "q8_0"):
             out[:] = Q.matmul_ref(self.kind, self.q, self.d, self.m, self.gs, x)
-        elif self.kind == "q5_0":
-            out[:] = Q.matmul_ref("q5_0", np.asarray(self.blocks), None, None, 32, x)
+        elif self.kind in ("q5_0", "q5_1"):
+            out[:] = Q.matmul_ref(self.kind, np.asarray(self.blocks), None, None, 32, x)
         elif self.kind in ("q4_k", "q5_k", "q6_k"):
             from glmcpu import kquants
             out[:] = kquants.VEC_DOT[self.kq](np.asarray(self.blocks), kquants.quantize_q8_K(x))

@@ -290,6 +290,26 @@ class Q5_0(_GGMLRows):
         return LinearQ5_0(parts["blocks"], ws)
 
 
+class Q5_1(_GGMLRows):
+    """ggml's q5_1 (32 values: f16 d, f16 m, 32 high bits, 16 nibble bytes; q * d + m), run like the
+    other 32-block types on int8 activations. It holds the rows llama.cpp's Q5_K_M mix cannot store
+    as q5_K (GLM's 13696-wide ffn_down)."""
+    name, bits, ggml_type, ggml_block = "q5_1", 6.0, 7, (32, 24)
+
+    def encode(self, rows, name, gs):
+        b = Q.quantize_q5_1(rows)
+        if not np.isfinite(Q.dequantize_q5_1(b, rows.shape[1])).all():
+            raise GlmcpuError(f"tensor {name!r}: a block scale or minimum overflows float16; use --dtype f32 or f16")
+        return [b]
+
+    def dequantize(self, parts, shape):
+        return Q.dequantize_q5_1(np.asarray(parts["blocks"]), shape[1])
+
+    def linear(self, parts, shape, ws):
+        from glmcpu.linear import LinearQ5_1
+        return LinearQ5_1(parts["blocks"], ws)
+
+
 class _KQuant(_GGMLRows):
     """ggml's K-quants (glmcpu/kquants.py: the byte layouts and reference quantizers): 256-value
     super-blocks, stored as ggml's rows exactly (one part, uint8 [n, k/256 * block bytes]), run by
@@ -299,7 +319,12 @@ class _KQuant(_GGMLRows):
     def encode(self, rows, name, gs):
         from glmcpu import kquants
         b = kquants.quantize_fast(self.kind, rows)
-        if not np.isfinite(kquants.DEQUANTIZE[self.kind](b, rows.shape[1])).all():
+        # every value is finite when the float16 super-block scales are (d, and dmin for q4_K /
+        # q5_K: the other factors are 6- or 8-bit integers), so only those are checked
+        el, nbytes = self.ggml_block
+        blocks = b.reshape(b.shape[0], -1, nbytes)
+        offsets = (208,) if self.kind == "q6_K" else (0, 2)
+        if not all(np.isfinite(blocks[:, :, o:o + 2].copy().view(np.float16)).all() for o in offsets):
             raise GlmcpuError(f"tensor {name!r}: a super-block scale overflows float16; use --dtype f32 or f16")
         return [b]
 
@@ -324,7 +349,7 @@ class Q6_K(_KQuant):
     name, kind, bits, ggml_type, ggml_block = "q6_k", "q6_K", 6.5625, 14, (256, 210)
 
 
-QTYPES = {q.name: q for q in (F32(), F16(), BF16(), Q8_0(), Q4_0(), Q4_1(), Q5_0(), Q4_K(), Q5_K(), Q6_K())}
+QTYPES = {q.name: q for q in (F32(), F16(), BF16(), Q8_0(), Q4_0(), Q4_1(), Q5_0(), Q5_1(), Q4_K(), Q5_K(), Q6_K())}
 NAMES = tuple(QTYPES)
 QUANTIZED = tuple(n for n, q in QTYPES.items() if q.quantized)
 GROUPED = tuple(n for n, q in QTYPES.items() if q.grouped)

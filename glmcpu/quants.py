@@ -154,6 +154,53 @@ def dequantize_q5_0(b, k):
     return ((q.reshape(n, k // QK, QK) - 16).astype(np.float32) * d.astype(np.float32)[:, :, None]).reshape(n, k)
 
 
+# ---------------------------------------------------------------- q5_1: ggml's block, stored as ggml's rows
+
+Q5_1_BYTES = 24  # block_q5_1 {f16 d; f16 m; u32 qh; u8 qs[16]}: 32 values
+
+
+def quantize_q5_1(x):
+    """x [n, k] -> ggml's block_q5_1 rows, uint8 [n, k/32 * 24] (quantize_row_q5_1_ref): per block
+    lo = min, hi = max, d = (hi - lo) / 31, q = trunc((x - lo) * (1/d) + 0.5) (0 when d is 0),
+    stored as m = f16(lo), d = f16(d) and the same nibble / high-bit packing as q5_0."""
+    g = _groups(x, QK)
+    n, nb, _ = g.shape
+    lo, hi = g.min(axis=2), g.max(axis=2)
+    d = ((hi - lo) / np.float32(31)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    v = ((g - lo[:, :, None]).astype(np.float32) * inv[:, :, None]).astype(np.float32) + np.float32(0.5)
+    q = np.trunc(v).astype(np.uint32)       # in [0, 31.5]: the C code's (uint8_t) cast, no clamp needed
+    out = np.empty((n, nb, Q5_1_BYTES), np.uint8)
+    with np.errstate(over="ignore"):
+        out[:, :, 0:2] = d.astype(np.float16).view(np.uint8).reshape(n, nb, 2)
+        out[:, :, 2:4] = lo.astype(np.float16).view(np.uint8).reshape(n, nb, 2)
+    qh = (((q >> 4) & 1) << np.arange(32, dtype=np.uint32)).sum(axis=2, dtype=np.uint32)
+    out[:, :, 4:8] = qh.astype("<u4").view(np.uint8).reshape(n, nb, 4)
+    out[:, :, 8:] = ((q[:, :, :16] & 15) | ((q[:, :, 16:] & 15) << 4)).astype(np.uint8)
+    return out.reshape(n, nb * Q5_1_BYTES)
+
+
+def unpack_q5_1(b, k):
+    """ggml rows [n, k/32 * 24] -> (q [n, k] int values 0..31, d, m [n, k/32] float16)."""
+    n = b.shape[0]
+    blk = np.ascontiguousarray(b).reshape(n, k // QK, Q5_1_BYTES)
+    d = blk[:, :, 0:2].copy().view(np.float16)[:, :, 0]
+    m = blk[:, :, 2:4].copy().view(np.float16)[:, :, 0]
+    qh = blk[:, :, 4:8].copy().view("<u4")[:, :, 0]
+    qs = blk[:, :, 8:]
+    bits = (qh[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1
+    q = np.concatenate([qs & 15, qs >> 4], axis=2).astype(np.int32) | (bits.astype(np.int32) << 4)
+    return q.reshape(n, k), d, m
+
+
+def dequantize_q5_1(b, k):
+    """ggml's dequantize_row_q5_1: q * d + m."""
+    q, d, m = unpack_q5_1(b, k)
+    n = q.shape[0]
+    v = q.reshape(n, k // QK, QK).astype(np.float32) * d.astype(np.float32)[:, :, None] + m.astype(np.float32)[:, :, None]
+    return v.reshape(n, k)
+
+
 # ---------------------------------------------------------------- row tiling (storage layout)
 
 def tile(a, R, per):
@@ -193,14 +240,15 @@ def dequantize_act(xq, xd):
 def matmul_ref(kind, q, d, m, gs, x):
     """What the fast kernels compute, bit for bit: out [T, n] = x W^T for a q8_0 / q4_0 / q4_1
     matrix in row-major (untiled) form q [n, k] int8 or [n, k/2] packed nibbles, d and m
-    [n, k/gs] float16 (m only for q4_1); for q5_0, q is ggml's rows and d, m, gs are unused.
+    [n, k/gs] float16 (m only for q4_1); for q5_0 and q5_1, q is ggml's rows and d, m, gs are unused.
 
     Activations are quantized with quantize_act. For each 32-element sub-block sb (in order) the
     integer sum isum = sum_j w_j * xq_j is exact (w_j = q_j for q8_0, nibble_j - 8 for q4_0 and
     q4_1), and in float32, operation by operation:
         q8_0, q4_0:  acc = acc + float(isum) * (xd[sb] * d[g])
         q4_1:        acc = acc + xd[sb] * (d[g] * (float(isum) + 8 * sx) + m[g] * sx),  sx = float(sum_j xq_j)
-    where g = sb // (gs / 32) is the weight group holding sub-block sb.
+        q5_1:        the same with w_j = q_j - 16 and 16 * sx
+    where g = sb // (gs / 32) is the weight group holding sub-block sb (q5_0, q5_1: the block).
     """
     x = np.asarray(x, np.float32)
     T, k = x.shape
@@ -209,7 +257,11 @@ def matmul_ref(kind, q, d, m, gs, x):
     if kind == "q5_0":  # q: ggml's q5_0 rows; the same formula as q4_0 with w = q - 16
         wq, d = unpack_q5_0(q, k)
         return matmul_ref("q8_0", (wq - 16).astype(np.int8), d, None, QK, x)
-    if kind == "q8_0":
+    offset = 8
+    if kind == "q5_1":  # q: ggml's q5_1 rows; q4_1's formula with w = q - 16
+        wq, d, m = unpack_q5_1(q, k)
+        w, spg, offset = wq.astype(np.int64) - 16, 1, 16
+    elif kind == "q8_0":
         w = q.astype(np.int64)
     else:
         w = _unpack_nibbles(q).astype(np.int64) - 8
@@ -223,9 +275,9 @@ def matmul_ref(kind, q, d, m, gs, x):
         g = sb // spg
         s = xd[:, sb, None]                                              # [T, 1]
         p = isum[:, :, sb].astype(np.float32)                            # [T, n]
-        if kind == "q4_1":
+        if kind in ("q4_1", "q5_1"):
             sx = xs[:, sb, None]
-            acc = acc + s * (dd[None, :, g] * (p + np.float32(8) * sx) + mm[None, :, g] * sx)
+            acc = acc + s * (dd[None, :, g] * (p + np.float32(offset) * sx) + mm[None, :, g] * sx)
         else:
             acc = acc + p * (s * dd[None, :, g])
     return acc

@@ -471,7 +471,8 @@ def _empty_dir(work, name):
 
 
 def _q5_1_gguf(work):
-    """The same GGUF with that tensor as Q5_1 instead (a type glmcpu reads but does not store)."""
+    """The same GGUF with that tensor as Q5_1 instead (what llama.cpp's Q5_K_M mix writes for rows
+    that are not whole 256-blocks), quantized by the gguf package."""
     def make():
         def to_q5_1(name, data, qtype):
             if name != "blk.0.ffn_down.weight":
@@ -483,32 +484,41 @@ def _q5_1_gguf(work):
     return work.once("q5_1", make)
 
 
-def test_kquant_tensor_is_kept_and_other_types_refused_unless_requantized(work):
+def _q2_k_gguf(work):
+    """The same GGUF with that tensor as Q2_K (random blocks): a type glmcpu cannot read."""
+    def make():
+        def to_q2_k(name, data, qtype):
+            if name != "blk.0.ffn_down.weight":
+                return data, qtype
+            return np.random.default_rng(0).integers(0, 256, (64, 84), dtype=np.uint8), GGML.Q2_K
+        return rewrite_gguf(_kquant_gguf(work), str(work.path / "ffn256.q2_k.gguf"), tensor=to_q2_k)
+    return work.once("q2_k", make)
+
+
+def test_kquant_and_q5_1_tensors_are_kept_and_unknown_types_refused(work):
     g = _kquant_gguf(work)
     out_dir = _empty_dir(work, "kq")
-    kept = str(out_dir / "kept.glmq")
-    convert(g, kept, progress=False)  # Q4_K is a storage type: carried bit for bit
-    raw = {t.name: t for t in gguf.GGUFReader(g).tensors}["blk.0.ffn_down.weight"]
-    assert ModelFile(kept).tensor_types["blk.0.ffn_down.weight"]["type"] == "q4_k"
-    assert np.array_equal(ModelFile(kept).tensor("blk.0.ffn_down.weight"), np.array(raw.data).reshape(64, -1))
-    q5 = _q5_1_gguf(work)
-    with pytest.raises(GlmcpuError) as e:
-        convert(q5, str(out_dir / "m.glmq"), progress=False)
-    msg = str(e.value)
-    assert "blk.0.ffn_down.weight" in msg and "Q5_1" in msg and "--dtype" in msg and "\n" not in msg
-    assert sorted(os.listdir(out_dir)) == ["kept.glmq"]
-    out = str(out_dir / "q5.glmq")
-    convert(q5, out, dtype="f32", progress=False)  # requantized from gguf's own dequantized values
-    raw5 = {t.name: t for t in gguf.GGUFReader(q5).tensors}["blk.0.ffn_down.weight"]
-    want5 = gguf.quants.dequantize(np.array(raw5.data), GGML.Q5_1).reshape(64, 256)
-    assert np.array_equal(ModelFile(out).tensor("blk.0.ffn_down.weight"), want5)
-    # --dtype f32 on the Q4_K file requantizes from the values gguf's own dequantizer gives
-    out = str(out_dir / "f32.glmq")
-    convert(g, out, dtype="f32", progress=False)
-    raw = {t.name: t for t in gguf.GGUFReader(g).tensors}["blk.0.ffn_down.weight"]
-    want = gguf.quants.dequantize(np.array(raw.data), GGML.Q4_K).reshape(64, 256)
-    got = ModelFile(out).tensor("blk.0.ffn_down.weight")
-    assert np.array_equal(got, want)
+    for src, name, typ in ((g, "kept.glmq", "q4_k"), (_q5_1_gguf(work), "q5_1.glmq", "q5_1")):
+        out = str(out_dir / name)
+        convert(src, out, progress=False)  # storage types: carried bit for bit
+        raw = {t.name: t for t in gguf.GGUFReader(src).tensors}["blk.0.ffn_down.weight"]
+        assert ModelFile(out).tensor_types["blk.0.ffn_down.weight"]["type"] == typ
+        assert np.array_equal(ModelFile(out).tensor("blk.0.ffn_down.weight"), np.array(raw.data).reshape(64, -1))
+    # requantized with --dtype from the values gguf's own dequantizer gives
+    for src, ggml in ((g, GGML.Q4_K), (_q5_1_gguf(work), GGML.Q5_1)):
+        out = str(out_dir / f"f32-{ggml.name}.glmq")
+        convert(src, out, dtype="f32", progress=False)
+        raw = {t.name: t for t in gguf.GGUFReader(src).tensors}["blk.0.ffn_down.weight"]
+        want = gguf.quants.dequantize(np.array(raw.data), ggml).reshape(64, 256)
+        assert np.array_equal(ModelFile(out).tensor("blk.0.ffn_down.weight"), want)
+    before = sorted(os.listdir(out_dir))
+    for dtype in (None, "f32"):
+        with pytest.raises(GlmcpuError) as e:
+            convert(_q2_k_gguf(work), str(out_dir / "m.glmq"), dtype=dtype, progress=False)
+        msg = str(e.value)
+        assert "blk.0.ffn_down.weight" in msg and "Q2_K" in msg and "cannot read" in msg and "Q5_1" in msg
+        assert "\n" not in msg
+    assert sorted(os.listdir(out_dir)) == before
 
 
 @pytest.mark.parametrize("cut", [4, 100, 1000, 0.5, -1])
@@ -564,7 +574,7 @@ def test_refusals_through_the_cli(work):
     convert(golden("chatglm1-tiny"), v1, dtype="f32", progress=False)
     runs = {}
     for name, cmd, src in [
-        ("q5_1", "convert", _q5_1_gguf(work)),
+        ("q2_k", "convert", _q2_k_gguf(work)),
         ("truncated", "convert", _truncated(work, -1)),
         ("llama", "convert", rewrite_gguf(work.ref("chatglm3-tiny", "f32"), str(work.path / "llama-cli.gguf"),
                                           arch="llama")),

@@ -92,6 +92,28 @@ def test_q5_0_kernel_equals_its_reference(T):
     np.testing.assert_array_equal(out.view(np.uint32), Q.matmul_ref("q5_0", w, None, None, 32, x).view(np.uint32))
 
 
+@pytest.mark.parametrize("T", [1, 2, 7, 64, 300])
+def test_q5_1_kernel_equals_its_reference(T):
+    """q5_1 likewise (with its minimums: q4_1's formula on q - 16); rows of all-equal values (d = 0)
+    and a NaN activation block included."""
+    x_w = _weights(37, 512)
+    x_w[5] = 0.25                   # a constant row: d = 0, every value is the minimum
+    w = Q.quantize_q5_1(x_w)
+    x = RNG.standard_normal((T, 512)).astype(np.float32)
+    x[T - 1, 64:96] = np.nan if T > 1 else x[T - 1, 64:96]
+    xq, xd, xs = np.zeros((T, 512), np.int8), np.zeros((T, 16), np.float32), np.zeros((T, 16), np.int32)
+    K.quantize_act(xq, xd, xs, x)
+    out = np.zeros((T, 37), np.float32)
+    K.matmul_q5_1(out, np.zeros((3, 512), np.int32), np.zeros((3, 16), np.float32), np.zeros((3, 16), np.float32),
+                  w, xq, xd, xs)
+    with np.errstate(invalid="ignore"):
+        want = Q.matmul_ref("q5_1", w, None, None, 32, x)
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+    rows = np.zeros((37, 512), np.float32)
+    K.dequant_rows_q5_1(rows, w, np.arange(37))
+    np.testing.assert_array_equal(rows, Q.dequantize_q5_1(w, 512))
+
+
 def test_mix_rule_is_llama_cpps():
     n = 28  # ChatGLM3-6B: use_more_bits gives layers 0-2, 5, 8, ..., 23, 24-27 q6_K
     more = [i for i in range(n) if use_more_bits(i, n)]
@@ -105,6 +127,7 @@ def test_mix_rule_is_llama_cpps():
     kind, note = mix_type("q4_k_m", "blk.3.ffn_down.weight", 13696, n, False)  # GLM's ffn width
     assert kind == "q5_0" and "13696" in note                                   # llama.cpp's fallback
     assert mix_type("q4_k_m", "blk.2.ffn_down.weight", 13696, n, False)[0] == "q8_0"  # q6_K's fallback
+    assert mix_type("q5_k_m", "blk.3.ffn_down.weight", 13696, n, False)[0] == "q5_1"  # q5_K's fallback
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +136,7 @@ def ckpt(tmp_path_factory):
     return random_checkpoint(str(d / "ckpt"), family="chatglm3", hidden=256, layers=2, heads=4, groups=2, ffn=512)
 
 
-@pytest.mark.parametrize("dtype", ["q4_k", "q5_k", "q6_k", "q4_k_m", "q5_0"])
+@pytest.mark.parametrize("dtype", ["q4_k", "q5_k", "q6_k", "q4_k_m", "q5_0", "q5_1"])
 def test_models_in_kquants(ckpt, dtype, tmp_path):
     """Converted to a K-quant, every matrix holds ggml's bytes for its type, the forward runs on
     the kernels (close to the f32 model), and a GGUF round trip keeps every bit and the logits."""
@@ -131,7 +154,7 @@ def test_models_in_kquants(ckpt, dtype, tmp_path):
     from glmcpu.convert.hf import Checkpoint
     src = Checkpoint(ckpt).tensors["transformer.encoder.layers.0.mlp.dense_4h_to_h.weight"]
     kind = types["blk.0.ffn_down.weight"]
-    quantize = Q.quantize_q5_0 if kind == "q5_0" else KQ.QUANTIZE[KINDS[kind][0]]
+    quantize = {"q5_0": Q.quantize_q5_0, "q5_1": Q.quantize_q5_1}.get(kind) or KQ.QUANTIZE[KINDS[kind][0]]
     np.testing.assert_array_equal(mf.tensor("blk.0.ffn_down.weight"), quantize(src.rows_f32()))
     ref_path = str(tmp_path / "f32.glmq")
     convert(ckpt, ref_path, dtype="f32", progress=False)
@@ -149,3 +172,17 @@ def test_models_in_kquants(ckpt, dtype, tmp_path):
             np.testing.assert_array_equal(mb.tensor(name), mf.tensor(name), err_msg=name)
     assert np.array_equal(glmcpu.load(back, n_ctx=64).forward(ids), got)
     assert os.path.getsize(out) < os.path.getsize(ref_path)
+
+
+@pytest.mark.parametrize("name", ["q4_k", "q5_k", "q6_k"])
+def test_kquant_scale_overflow_is_refused(name):
+    """A super-block scale beyond float16 (values ~1e15) is a clear error at conversion; large
+    values whose scales still fit are stored, and dequantize to finite values."""
+    from glmcpu import qtypes
+    from glmcpu.errors import GlmcpuError
+    q = qtypes.get(name)
+    x = _weights(4, 512)
+    with pytest.raises(GlmcpuError, match="'w': a super-block scale overflows float16"):
+        q.encode(x * np.float32(1e15), "w", None)
+    (b,) = q.encode(x * np.float32(1e5), "w", None)
+    assert np.isfinite(q.dequantize({"blocks": b}, x.shape)).all()

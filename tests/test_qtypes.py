@@ -9,7 +9,8 @@ from glmcpu import qtypes
 from glmcpu.errors import GlmcpuError
 
 RNG = np.random.default_rng(7)
-GGML = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1, "q5_0": T.Q5_0}
+GGML = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1, "q5_0": T.Q5_0,
+        "q5_1": T.Q5_1}
 KQUANTS = {"q4_k": T.Q4_K, "q5_k": T.Q5_K, "q6_k": T.Q6_K}  # gguf.quants cannot quantize these
 
 
