@@ -222,12 +222,16 @@ def untile(t, n):
 
 def quantize_act(x):
     """x [T, k] float32 -> (xq [T, k] int8, xd [T, k/32] float32): per 32-block, xd = amax / 127,
-    xq = rint(x * (1 / xd)) (round half to even), 0 where the block is all zero."""
+    xq = rint(x * (1 / xd)) (round half to even), 0 where the block is all zero, and a block so small
+    that 1 / xd overflows (largest |x| below ~4e-37) quantized as zero with xd = 0."""
     x = np.asarray(x, np.float32)
     T, k = x.shape
     g = x.reshape(T, k // QK, QK)
     xd = (np.abs(g).max(axis=2) / np.float32(127)).astype(np.float32)
-    inv = np.where(xd != 0, np.float32(1) / np.where(xd != 0, xd, 1), 0).astype(np.float32)
+    with np.errstate(over="ignore"):
+        inv = np.where(xd != 0, np.float32(1) / np.where(xd != 0, xd, 1), 0).astype(np.float32)
+    tiny = np.isinf(inv)
+    xd[tiny], inv[tiny] = 0, 0
     xq = np.rint((g * inv[:, :, None]).astype(np.float32)).astype(np.int8)
     return xq.reshape(T, k), xd
 

@@ -26,6 +26,8 @@ TB = 16  # tokens per block in matmul: int16 partial sums [TB, R] stay in L1
 def quantize_act(xq, xd, xs, x):
     """x [T, K] float32 -> xq [T, K] int8, xd [T, K/32] float32 scale, xs [T, K/32] int32 sum of xq.
 
+    A block so small that 1 / d overflows (largest |x| below ~4e-37) is quantized as all zero, d = 0
+    (x * inf would give infinities, and NaN for its zeros, which no int8 holds).
     A block holding a NaN or an infinity gets the scale NaN or inf and zero quants (converting
     NaN to int8 would give an arbitrary number), so the matmul's output is NaN there: a broken
     activation reaches the logits instead of being hidden as a finite value.
@@ -41,6 +43,9 @@ def quantize_act(xq, xd, xs, x):
                 amax = a if (a > amax) | (a != a) else amax    # max, but a NaN sticks
             d = amax / np.float32(127.0)
             inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+            if inv > np.float32(3.4028234663852886e38):        # 1 / d overflowed (amax < ~4e-37):
+                d = np.float32(0.0)                            # the block counts as zero
+                inv = np.float32(0.0)
             s = np.int32(0)
             if amax <= np.float32(3.4028234663852886e38):      # finite
                 for j in range(32):

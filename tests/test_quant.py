@@ -294,3 +294,21 @@ def test_info_shows_types_and_bits(tmp_path):
     line = next(l for l in r.stdout.splitlines() if l.startswith("blk.0.attn_qkv.weight"))
     assert line.split()[2:5] == ["q8_0", "g32", "8.50"]  # 128 rows: one full tile, no padding
     assert '"dtype": "q8_0"' in r.stdout
+
+
+def test_tiny_activation_blocks_quantize_to_zero():
+    """A block whose largest |x| is below ~4e-37 (1 / scale overflows float32) is all zero with
+    scale 0 in the kernel and the reference alike, zeros inside it included; ordinary blocks next
+    to it are untouched."""
+    x = np.zeros((2, 96), np.float32)
+    x[0, :32] = np.float32(1e-38) * np.arange(-16, 16, dtype=np.float32) / 16   # tiny, with a 0
+    x[0, 32:64] = np.linspace(-3, 3, 32, dtype=np.float32)                      # ordinary
+    x[1, 64:96] = np.float32(2e-37)                                             # tiny constant
+    xq, xd, xs = np.zeros((2, 96), np.int8), np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int32)
+    K.quantize_act(xq, xd, xs, x)
+    rq, rd = Q.quantize_act(x)
+    np.testing.assert_array_equal(xq, rq)
+    np.testing.assert_array_equal(xd.view(np.uint32), rd.view(np.uint32))
+    assert not xq[0, :32].any() and xd[0, 0] == 0 and not xq[1, 64:].any() and xd[1, 2] == 0
+    assert xd[0, 1] == np.float32(3) / np.float32(127) and xq[0, 32] == -127 and xq[0, 63] == 127
+    assert xs.tolist() == [[0, int(xq[0, 32:64].astype(np.int32).sum()), 0], [0, 0, 0]]
