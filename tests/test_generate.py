@@ -172,3 +172,20 @@ def test_model_without_tokenizer_says_so(converted):
     m = glmcpu.load(converted("glm4-tiny", "f32"))
     with pytest.raises(glmcpu.GlmcpuError, match="no tokenizer"):
         m.generate("hi")
+
+
+def test_top_p_set_equals_the_full_sort():
+    """The partial-sort top-p set is the full stable sort's, ties at the cut included."""
+    from glmcpu.generate import _top_p_set
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        V = [65024, 300, 151552, 5000][trial % 4]
+        x = rng.standard_normal(V) * [0.5, 2, 8, 30][trial % 4 - 1]
+        if trial % 3 == 0:
+            x = np.round(x)                      # many exact ties
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        top_p = [0.1, 0.5, 0.8, 0.95, 0.999][trial % 5]
+        order = np.argsort(-p, kind="stable")
+        want = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
+        np.testing.assert_array_equal(_top_p_set(p, top_p), want)
