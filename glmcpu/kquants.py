@@ -581,7 +581,8 @@ def quantize_fast(kind, x):
     if not JIT:
         return QUANTIZE[kind](x)
     x = _check_x(x, kind)
-    xb = x.reshape(-1, QK_K)
+    xb = x.reshape(-1, QK_K).view()
+    xb.flags.writeable = False  # always read-only: numba compiles a second version for writable input
     out = np.empty((xb.shape[0], BLOCK_BYTES[kind]), np.uint8)
     if kind == "q4_K":
         KK.quantize_k45(out, xb, 15, F32(-1.0), F32(0.1), 20, KK.CHUNK)

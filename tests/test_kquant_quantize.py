@@ -136,7 +136,8 @@ def test_chunk_edges_and_one_signature(kind):
         _same(kind, x[:rows, :256])
     _same(kind, np.asfortranarray(x))
     want = KQ.quantize_fast(kind, x).reshape(-1, KQ.BLOCK_BYTES[kind])
-    xb = x.reshape(-1, 256)
+    xb = x.reshape(-1, 256).view()
+    xb.flags.writeable = False               # as quantize_fast passes it (one signature)
     for chunk in (1, 3, 64):                 # the search's lanes grouped differently: same bytes
         out = np.zeros_like(want)
         if kind == "q4_K":
