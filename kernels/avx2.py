@@ -112,6 +112,28 @@ def _maddubs_add(builder, acc, w, x):
     return builder.add(acc, builder.call(fn, [w, builder.bitcast(x, _V8)]))
 
 
+class I32x8(types.Type):
+    """An LLVM <8 x i32> value (one ymm register of int32 lanes): the accumulator type of the
+    q8_0 and K-quant kernels (kernels/q8_avx2.py, kernels/kquant_avx2.py)."""
+
+    def __init__(self):
+        super().__init__(name="i32x8")
+
+
+i32x8 = I32x8()
+_D = ir.VectorType(ir.IntType(32), 8)
+
+
+@register_model(I32x8)
+class _I32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _D)
+
+
+def _int(t):
+    return isinstance(t, types.Integer)
+
+
 # ---------------------------------------------------------------- numpy twins (JIT off)
 # An i16x16 value is an int16 array of 16 lanes; x86 is little-endian, so as 32 bytes lane k is
 # byte 2k (low) and byte 2k + 1 (high).
@@ -231,6 +253,36 @@ def unpack_nibbles(typingctx, w, woff, q, qoff):
         _store(context, builder, sig.args[0], w, woff, both)
         return context.get_dummy_value()
     return types.none(w, woff, q, qoff), codegen
+
+
+def zero8_py():
+    return np.zeros(8, np.int32)
+
+
+def store8_py(a, off, v):
+    _flat(a)[off: off + 8] = v
+
+
+@fallback(zero8_py)
+@intrinsic
+def zero8(typingctx):
+    """An i32x8 of zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_D, None)
+    return i32x8(), codegen
+
+
+@fallback(store8_py)
+@intrinsic
+def store8(typingctx, a, off, v):
+    """a.flat[off:off+8] = the int32 lanes of v."""
+    if not (_c_array(a, types.int32) and _int(off) and v == i32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _store(context, builder, sig.args[0], args[0], args[1], args[2])
+        return context.get_dummy_value()
+    return types.none(a, off, v), codegen
 
 
 # ---------------------------------------------------------------- kernels

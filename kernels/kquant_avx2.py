@@ -53,7 +53,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .avx2 import _c_array, _elem_ptr, _load, _shuffle, _store
+from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, store8, zero8
 from .f16 import f16_to_f32
 from .kquant import QK_K, _scale_min_k4
 from .nojit import fallback
@@ -66,13 +66,6 @@ class I8x32(types.Type):
         super().__init__(name="i8x32")
 
 
-class I32x8(types.Type):
-    """An LLVM <8 x i32> value (one ymm register of int32 lanes)."""
-
-    def __init__(self):
-        super().__init__(name="i32x8")
-
-
 class F32x8(types.Type):
     """An LLVM <8 x float> value (one ymm register of float32 lanes)."""
 
@@ -81,11 +74,9 @@ class F32x8(types.Type):
 
 
 i8x32 = I8x32()
-i32x8 = I32x8()
 f32x8 = F32x8()
 _B = ir.VectorType(ir.IntType(8), 32)
 _W = ir.VectorType(ir.IntType(16), 16)
-_D = ir.VectorType(ir.IntType(32), 8)
 _F = ir.VectorType(ir.FloatType(), 8)
 
 
@@ -99,12 +90,6 @@ class _I8x32Model(models.PrimitiveModel):
 class _F32x8Model(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
         super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), 8))
-
-
-@register_model(I32x8)
-class _I32x8Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _D)
 
 
 RT = 16    # matmul: rows per tile (even)
@@ -121,10 +106,6 @@ assert [4 * _DWORDS[16 * (q // 16) // 4 + _TRANSPOSE[q] // 4] + _TRANSPOSE[q] % 
 
 def _bytes_array(t):
     return isinstance(t, types.Array) and t.layout == "C" and t.dtype in (types.uint8, types.int8)
-
-
-def _int(t):
-    return isinstance(t, types.Integer)
 
 
 def _splat(builder, vty, v):
@@ -144,10 +125,6 @@ def _x86(builder, name, ret, args):
 
 def _fl(a):
     return a.reshape(-1)
-
-
-def zero8_py():
-    return np.zeros(8, np.int32)
 
 
 def loadq_py(a, off):
@@ -255,10 +232,6 @@ def fstore8_py(a, off, v):
     _fl(a)[off: off + 8] = v
 
 
-def store8_py(a, off, v):
-    _fl(a)[off: off + 8] = v
-
-
 def _k4_words(u0, u1, u2):
     """ggml's unpacking of the 12 scale bytes of q4_K / q5_K as three little-endian uint32 words:
     (sc_0..3, sc_4..7, m_0..3, m_4..7), one byte each, in four uint32."""
@@ -276,15 +249,6 @@ def k4_scales_py(sp, spoff, w, off, a2, a2off):
 
 
 # ---------------------------------------------------------------- intrinsics
-
-@fallback(zero8_py)
-@intrinsic
-def zero8(typingctx):
-    """An i32x8 of zeros."""
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_D, None)
-    return i32x8(), codegen
-
 
 @fallback(loadq_py)
 @intrinsic
@@ -574,19 +538,6 @@ def fadd_scaled(typingctx, s, d, aux):
 def fstore8(typingctx, a, off, v):
     """a.flat[off:off+8] = the float32 lanes of v."""
     if not (_c_array(a, types.float32) and _int(off) and v == f32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        _store(context, builder, sig.args[0], args[0], args[1], args[2])
-        return context.get_dummy_value()
-    return types.none(a, off, v), codegen
-
-
-@fallback(store8_py)
-@intrinsic
-def store8(typingctx, a, off, v):
-    """a.flat[off:off+8] = the int32 lanes of v."""
-    if not (_c_array(a, types.int32) and _int(off) and v == i32x8):
         return None
 
     def codegen(context, builder, sig, args):

@@ -50,30 +50,15 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic
 
-from .avx2 import _c_array, _elem_ptr, _load, _shuffle, _store
+from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, store8, zero8
 from .f16 import f16_to_f32
 from .nojit import fallback
 
 
-class Q8I32x8(types.Type):
-    """An LLVM <8 x i32> value (one ymm register of int32 lanes)."""
-
-    def __init__(self):
-        super().__init__(name="q8_i32x8")
-
-
-i32x8 = Q8I32x8()
-_D = ir.VectorType(ir.IntType(32), 8)
 _W = ir.VectorType(ir.IntType(16), 16)
 _B16 = ir.VectorType(ir.IntType(8), 16)
-
-
-@register_model(Q8I32x8)
-class _Q8I32x8Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _D)
 
 
 # shuffle masks over the concatenation of two <16 x i16> (rows of byte j, rows of byte j + 1),
@@ -82,10 +67,6 @@ _LO = [k for L in (0, 1) for i in range(4) for k in (8 * L + i, 16 + 8 * L + i)]
 _HI = [k for L in (0, 1) for i in range(4, 8) for k in (8 * L + i, 16 + 8 * L + i)]     # vpunpckhwd
 _ROWS = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15]   # (lo, hi) int32 lanes -> rows 0..15
 _PAIRS = [k for i in range(16) for k in (i, 16 + i)]             # full interleave, rows in order
-
-
-def _int(t):
-    return isinstance(t, types.Integer)
 
 
 def _pmaddwd(builder, a, b):
@@ -118,16 +99,8 @@ def _pair_rows_py(q, off0, off1):
     return np.concatenate([_flat(q)[off0: off0 + 16], _flat(q)[off1: off1 + 16]]).astype(np.int16)
 
 
-def zero8_py():
-    return np.zeros(8, np.int32)
-
-
 def load8_py(a, off):
     return _flat(a)[off: off + 8].astype(np.int32)
-
-
-def store8_py(a, off, v):
-    _flat(a)[off: off + 8] = v
 
 
 def bcast_x8_py(xq, off):
@@ -172,14 +145,6 @@ def madd16_py(acc, w, off, x):
 
 # ---------------------------------------------------------------- intrinsics
 
-@fallback(zero8_py)
-@intrinsic
-def zero8(typingctx):
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_D, None)
-    return i32x8(), codegen
-
-
 @fallback(load8_py)
 @intrinsic
 def load8(typingctx, a, off):
@@ -190,19 +155,6 @@ def load8(typingctx, a, off):
     def codegen(context, builder, sig, args):
         return _load(context, builder, sig.args[0], args[0], args[1], _D)
     return i32x8(a, off), codegen
-
-
-@fallback(store8_py)
-@intrinsic
-def store8(typingctx, a, off, v):
-    """a.flat[off:off+8] = v (int32)."""
-    if not (_c_array(a, types.int32) and _int(off) and v == i32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        _store(context, builder, sig.args[0], args[0], args[1], args[2])
-        return context.get_dummy_value()
-    return types.none(a, off, v), codegen
 
 
 @fallback(bcast_x8_py)

@@ -9,6 +9,7 @@ from numba import njit
 import glmcpu
 from glmcpu import kernels as K
 from glmcpu import kquants as KQ
+from glmcpu.kernels import avx2 as A
 from glmcpu.kernels import kquant_avx2 as KA
 from helpers import random_checkpoint
 
@@ -76,7 +77,7 @@ def _run_dots(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
 
 
 def _run_dots_py(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
-    acc = KA.zero8_py()
+    acc = A.zero8_py()
     acc = KA.dot2_sc_py(acc, KA.load32_py(acc0, 0), KA.load32_py(acc0, 0), x, 64, sp, 0)
     u, v = KA.load32_py(w1, 0), KA.load32_py(w2, 0)
     if op == 1:
@@ -87,7 +88,7 @@ def _run_dots_py(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
         acc = KA.dot_su_py(acc, u, x.view(np.uint8), xoff, sp, spoff)
     else:
         acc = KA.dot_c128_py(acc, u, sp, spoff)
-    KA.store8_py(out, 0, acc)
+    A.store8_py(out, 0, acc)
 
 
 @njit(cache=True)
@@ -98,7 +99,7 @@ def _run_scaled(s, soff, d, x, sp, c):
 
 
 def _run_scaled_py(s, soff, d, x, sp, c):
-    aux = KA.dot2_sc_py(KA.zero8_py(), KA.load32_py(x, 0), KA.load32_py(x, 0), x.view(np.int8), 0, sp, 0)
+    aux = KA.dot2_sc_py(A.zero8_py(), KA.load32_py(x, 0), KA.load32_py(x, 0), x.view(np.int8), 0, sp, 0)
     KA.add_scaled_py(s, soff, d, aux)
     KA.add_scaled_c_py(s, soff + 1, d, aux, c, 1)
 

@@ -13,6 +13,7 @@ from numba import njit
 import glmcpu
 from glmcpu import kernels as K
 from glmcpu import quants as Q
+from glmcpu.kernels import avx2 as A
 from glmcpu.kernels import q8_avx2 as QA
 from helpers import golden
 
@@ -186,7 +187,7 @@ def _chain(suffix):
     """A function calling every intrinsic once, each result stored where the test can see it, with
     the intrinsics themselves (suffix "") or their numpy twins ("_py")."""
     (zero8, load8, store8, bcast_x8, madd_q8_lo, madd_q8_hi, store8x2, interleave_q8, bcast32, madd16,
-     add8, prefetch, widen32) = (getattr(QA, name + suffix) for name in INTRINSICS)
+     add8, prefetch, widen32) = (getattr(QA if hasattr(QA, name + "_py") else A, name + suffix) for name in INTRINSICS)
 
     def chain(out, acc_in, q, off0, off1, xq, xoff, w16, xw):
         prefetch(q, off0 + 10 ** 6)          # a hint, far past the end: no fault, no effect
