@@ -203,6 +203,22 @@ def dequant_rows_kquant(out, w, ids, kind):
 
 # ---------------------------------------------------------------- q5_0 (ggml rows; int8 activations per 32)
 
+@njit(cache=True, inline="always")
+def _u32_at(w, r, o):
+    """The little-endian uint32 at bytes o .. o + 3 of row r (a q5_0 / q5_1 block's high bits)."""
+    return np.uint32(w[r, o]) | (np.uint32(w[r, o + 1]) << np.uint32(8)) | \
+        (np.uint32(w[r, o + 2]) << np.uint32(16)) | (np.uint32(w[r, o + 3]) << np.uint32(24))
+
+
+@njit(cache=True, inline="always")
+def _q5_at(w, r, qh, qs, j):
+    """Value j (0 .. 31, unsigned) of a q5_0 / q5_1 block of row r: the low nibble of byte qs + j
+    (j < 16) or the high nibble of byte qs + j - 16, with bit j of its high bits qh on top."""
+    byte = np.int32(w[r, qs + (j & 15)])
+    nibble = byte & 15 if j < 16 else byte >> 4
+    return nibble | (np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4)
+
+
 @njit(cache=True, parallel=True)  # no fastmath: equals glmcpu.quants.matmul_ref("q5_0") bit for bit
 def matmul_q5_0(out, rq, rd, w, xq, xd):
     """out [T, n_out] for ggml's q5_0 rows w [n_out, K/32 * 22] and the int8 activations of
@@ -221,12 +237,9 @@ def matmul_q5_0(out, rq, rd, w, xq, xd):
             for b in range(nb):
                 o = b * 22
                 dd[b] = _f16_at(w, r, o)
-                qh = np.uint32(w[r, o + 2]) | (np.uint32(w[r, o + 3]) << np.uint32(8)) | \
-                    (np.uint32(w[r, o + 4]) << np.uint32(16)) | (np.uint32(w[r, o + 5]) << np.uint32(24))
-                for j in range(16):
-                    byte = np.int32(w[r, o + 6 + j])
-                    q[32 * b + j] = ((byte & 15) | (np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4)) - 16
-                    q[32 * b + 16 + j] = ((byte >> 4) | (np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4)) - 16
+                qh = _u32_at(w, r, o + 2)
+                for j in range(32):
+                    q[32 * b + j] = _q5_at(w, r, qh, o + 6, j) - 16
             for t in range(T):
                 acc = np.float32(0.0)
                 for b in range(nb):
@@ -246,11 +259,6 @@ def dequant_rows_q5_0(out, w, ids):
         for b in range(nb):
             o = b * 22
             d = _f16_at(w, r, o)
-            qh = np.uint32(w[r, o + 2]) | (np.uint32(w[r, o + 3]) << np.uint32(8)) | \
-                (np.uint32(w[r, o + 4]) << np.uint32(16)) | (np.uint32(w[r, o + 5]) << np.uint32(24))
-            for j in range(16):
-                byte = np.int32(w[r, o + 6 + j])
-                q0 = ((byte & 15) | (np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4)) - 16
-                q1 = ((byte >> 4) | (np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4)) - 16
-                out[n, 32 * b + j] = np.float32(np.float32(q0) * d)
-                out[n, 32 * b + 16 + j] = np.float32(np.float32(q1) * d)
+            qh = _u32_at(w, r, o + 2)
+            for j in range(32):
+                out[n, 32 * b + j] = np.float32(np.float32(_q5_at(w, r, qh, o + 6, j) - 16) * d)

@@ -10,14 +10,9 @@ with sx = float(xs), the block's sum of xq.
 import numpy as np
 from numba import njit, prange
 
-from .f16 import f16_to_f32
+from .kquant import _f16_at, _q5_at, _u32_at
 
 BYTES = 24
-
-
-@njit(cache=True, inline="always")
-def _f16_at(w, r, o):
-    return f16_to_f32(np.uint16(np.int32(w[r, o]) | (np.int32(w[r, o + 1]) << 8)))
 
 
 @njit(cache=True, inline="always")
@@ -27,12 +22,9 @@ def _unpack_row(q, dd, mm, w, r):
         o = b * BYTES
         dd[b] = _f16_at(w, r, o)
         mm[b] = _f16_at(w, r, o + 2)
-        qh = np.uint32(w[r, o + 4]) | (np.uint32(w[r, o + 5]) << np.uint32(8)) | \
-            (np.uint32(w[r, o + 6]) << np.uint32(16)) | (np.uint32(w[r, o + 7]) << np.uint32(24))
-        for j in range(16):
-            byte = np.int32(w[r, o + 8 + j])
-            q[32 * b + j] = ((byte & 15) | (np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4)) - 16
-            q[32 * b + 16 + j] = ((byte >> 4) | (np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4)) - 16
+        qh = _u32_at(w, r, o + 4)
+        for j in range(32):
+            q[32 * b + j] = _q5_at(w, r, qh, o + 8, j) - 16
 
 
 @njit(cache=True, parallel=True)  # no fastmath: equals glmcpu.quants.matmul_ref("q5_1") bit for bit
@@ -71,11 +63,6 @@ def dequant_rows_q5_1(out, w, ids):
             o = b * BYTES
             d = _f16_at(w, r, o)
             m = _f16_at(w, r, o + 2)
-            qh = np.uint32(w[r, o + 4]) | (np.uint32(w[r, o + 5]) << np.uint32(8)) | \
-                (np.uint32(w[r, o + 6]) << np.uint32(16)) | (np.uint32(w[r, o + 7]) << np.uint32(24))
-            for j in range(16):
-                byte = np.int32(w[r, o + 8 + j])
-                q0 = (byte & 15) | (np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4)
-                q1 = (byte >> 4) | (np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4)
-                out[n, 32 * b + j] = np.float32(np.float32(q0) * d) + m
-                out[n, 32 * b + 16 + j] = np.float32(np.float32(q1) * d) + m
+            qh = _u32_at(w, r, o + 4)
+            for j in range(32):
+                out[n, 32 * b + j] = np.float32(np.float32(_q5_at(w, r, qh, o + 8, j)) * d) + m
