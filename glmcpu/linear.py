@@ -23,10 +23,9 @@ EMPTY_U16.setflags(write=False)
 class Workspace:
     """Scratch shared by all Linears of a model, allocated once at load."""
 
-    def __init__(self, chunk, max_in, threads, tile_rows=128, n_ctx=0):
+    def __init__(self, chunk, max_in, threads, tile_rows=128):
         R, TB = tile_rows, K.quant.TB
         n = self.n_ranges = 4 * threads
-        self.scores = np.zeros((n, n_ctx), np.float32)                # attention: a row per range
         self.row_buf = np.zeros((n, max_in), np.float32)              # f16 matmul: widened rows
         self.acc1 = np.zeros((n, R), np.float32)                      # quantized matvec
         self.p16_1 = np.zeros((n, R), np.int16)

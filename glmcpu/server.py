@@ -187,6 +187,10 @@ class Job:
 
     def _finish(self, error):
         self.scheduler.release()
+        self._settle(error)
+
+    def _settle(self, error):
+        """On the event loop: end the piece stream and resolve ``done`` with the result or error."""
         self.queue.put_nowait(None)
         if not self.done.done():
             if error is None:
@@ -223,14 +227,6 @@ class BatchJob(Job):
 
     def _ended(self, error):
         self.loop.call_soon_threadsafe(self._settle, error)
-
-    def _settle(self, error):
-        self.queue.put_nowait(None)
-        if not self.done.done():
-            if error is None:
-                self.done.set_result(self.request.result)
-            else:
-                self.done.set_exception(error)
 
 
 # ---------------------------------------------------------------- the app

@@ -105,7 +105,7 @@ class ChatGLM:
         E, H, G, D, F = a.n_embd, a.n_head, a.n_kv_head, a.head_dim, a.n_ff
         qkv_dim = (H + 2 * G) * D
         tile_rows = int(mf.quantization.get("tile_rows", 128))
-        self.ws = Workspace(C, max(E, H * D, F), threads, tile_rows, n_ctx)  # kernel scratch
+        self.ws = Workspace(C, max(E, H * D, F), threads, tile_rows)  # kernel scratch
 
         def lin(name, shape):
             return make_linear(mf, name, shape, self.ws, mode)

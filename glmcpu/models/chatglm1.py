@@ -111,7 +111,7 @@ class ChatGLM1:
         self.chunk = n_ctx  # Model.forward hands over whole calls; chunking happens per sublayer
         C = self.sub = max(1, min(chunk, n_ctx))
         E, H, D, F = a.n_embd, a.n_head, a.head_dim, a.n_ff
-        self.ws = Workspace(C, max(E, H * D, F), threads, int(mf.quantization.get("tile_rows", 128)), n_ctx)
+        self.ws = Workspace(C, max(E, H * D, F), threads, int(mf.quantization.get("tile_rows", 128)))
 
         def lin(name, shape):
             return make_linear(mf, name, shape, self.ws, mode)
