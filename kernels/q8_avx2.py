@@ -53,7 +53,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, store8, zero8
-from .f16 import f16_to_f32
+from .quant import add_block_q8_0
 from .nojit import fallback
 
 
@@ -380,9 +380,7 @@ def matvec_q8_0_avx2(out, scr_acc, scr_p, xq, xd, qs, d, n_out):
             for sb in range(n_sub):
                 g = sb // spg
                 _dot_sub_q8_1(p, qs, (ti * n_sub + sb) * 32 * R, xq, sb * 32, R)
-                s = xd[0, sb]
-                for r in range(R):
-                    acc[r] += np.float32(p[r]) * (s * f16_to_f32(d[ti, g, r]))
+                add_block_q8_0(acc, p, xd[0, sb], d, ti, g)
             for r in range(min(R, n_out - ti * R)):
                 out[ti * R + r] = acc[r]
 
@@ -506,10 +504,7 @@ def _tile_few(out, acc, p, xq, xd, qs, d, ti, n_out):
             else:
                 _dot_sub_q8_1(p, qs, q0, xq, t0 * K + sb * 32, R)
             for t in range(nt):
-                s = xd[t0 + t, sb]
-                at = acc[t0 + t]
-                for r in range(R):
-                    at[r] += np.float32(p[t, r]) * (s * f16_to_f32(d[ti, g, r]))
+                add_block_q8_0(acc[t0 + t], p[t], xd[t0 + t, sb], d, ti, g)
             t0 += nt
     for t in range(T):
         for r in range(min(R, n_out - ti * R)):
@@ -542,10 +537,7 @@ def _tile_blocked(out, acc, p, w, xw, xq, xd, qs, d, ti, n_out):
                     widen32(xw, t * 32, xq, (t0 + t) * K + sb * 32)
                 _dot_sub_q8(p, w, xw, nt, R)
                 for t in range(nt):
-                    s = xd[t0 + t, sb]
-                    at = acc[t0 - ta + t]
-                    for r in range(R):
-                        at[r] += np.float32(p[t, r]) * (s * f16_to_f32(d[ti, g, r]))
+                    add_block_q8_0(acc[t0 - ta + t], p[t], xd[t0 + t, sb], d, ti, g)
         for t in range(na):
             for r in range(r_end):
                 out[ta + t, ti * R + r] = acc[t, r]

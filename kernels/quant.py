@@ -59,6 +59,15 @@ def quantize_act(xq, xd, xs, x):
             xs[t, b] = s
 
 
+@njit(cache=True, inline="always")
+def add_block_q8_0(acc, p, s, d, ti, g):
+    """acc[r] += one 32-block's term for each row r of tile ti: p[r] the block's exact integer sum
+    of q x, s the activations' scale, g the weights' group; the float32 expression and its order
+    are the numpy reference's (glmcpu.quants.matmul_ref). Shared by the portable and AVX2 kernels."""
+    for r in range(acc.shape[0]):
+        acc[r] += np.float32(p[r]) * (s * f16_to_f32(d[ti, g, r]))
+
+
 # ---------------------------------------------------------------- 4-bit core (q4_0 and q4_1)
 
 @njit(cache=True, inline="always")  # inlined into the kernels: a call per block costs 10-50%
@@ -182,9 +191,7 @@ def matvec_q8_0(out, scr_acc, scr_p, xq, xd, qs, d, n_out):
                     for r in range(R):
                         # two int8 products fit int16 (<= 2 * 127 * 127); sums of 32 need int32
                         p[r] += np.int32(np.int16(qs[ti, sb, j, r]) * x0 + np.int16(qs[ti, sb, j + 1, r]) * x1)
-                s = xd[0, sb]
-                for r in range(R):
-                    acc[r] += np.float32(p[r]) * (s * f16_to_f32(d[ti, g, r]))
+                add_block_q8_0(acc, p, xd[0, sb], d, ti, g)
             for r in range(min(R, n_out - ti * R)):
                 out[ti * R + r] = acc[r]
 
@@ -228,9 +235,7 @@ def matmul_q8_0(out, scr_acc, scr_p, scr_w, xq, xd, qs, d, n_out):
                                 # a pair of int8 products fits int16 (<= 2 * 127 * 127)
                                 pt[r] += np.int32(w[j, r] * a0 + w[j + 1, r] * a1) \
                                     + np.int32(w[j + 2, r] * a2 + w[j + 3, r] * a3)
-                        s = xd[t0 + t, sb]
-                        for r in range(R):
-                            acc[t, r] += np.float32(pt[r]) * (s * f16_to_f32(d[ti, g, r]))
+                        add_block_q8_0(acc[t], pt, xd[t0 + t, sb], d, ti, g)
                 for t in range(nt):
                     for r in range(r_end):
                         out[t0 + t, ti * R + r] = acc[t, r]
