@@ -189,17 +189,26 @@ def _make_qkx2_lanes(L, scale, the_min, xt, nmax, rmin, rdelta, nstep):
         the_min[s] = -vmin[s]
 
 
+@njit(cache=True)
+def _lanes(xb, b0, b1, n):
+    """Super-blocks b0..b1-1 of xb [B, 256] as lanes: xt [n, (b1 - b0) * 256 / n], column c the
+    c-th sub-block of n values (so the search runs across sub-blocks, one per SIMD lane)."""
+    per = 256 // n
+    xt = np.empty((n, (b1 - b0) * per), np.float32)
+    for k in range(b1 - b0):
+        for j in range(per):
+            for i in range(n):
+                xt[i, per * k + j] = xb[b0 + k, n * j + i]
+    return xt
+
+
 @njit(cache=True, error_model="numpy")
 def _k45_chunk(out, xb, b0, b1, nmax, rmin, rdelta, nstep):
     """Super-blocks b0..b1-1 of xb [B, 256] -> rows b0..b1-1 of out (144 bytes q4_K, 176 q5_K)."""
     f32 = np.float32
     nsb = b1 - b0
     S = 8 * nsb
-    xt = np.empty((32, S), np.float32)
-    for k in range(nsb):
-        for j in range(8):
-            for i in range(32):
-                xt[i, 8 * k + j] = xb[b0 + k, 32 * j + i]
+    xt = _lanes(xb, b0, b1, 32)
     L = np.empty((32, S), np.uint8)
     scales = np.empty(S, np.float32)
     mins = np.empty(S, np.float32)
@@ -347,11 +356,7 @@ def _q6_K_chunk(out, xb, b0, b1):
     f32 = np.float32
     nsb = b1 - b0
     S = 16 * nsb
-    xt = np.empty((16, S), np.float32)
-    for k in range(nsb):
-        for j in range(16):
-            for i in range(16):
-                xt[i, 16 * k + j] = xb[b0 + k, 16 * j + i]
+    xt = _lanes(xb, b0, b1, 16)
     L = np.empty((16, S), np.uint8)
     scales = np.empty(S, np.float32)
     _make_qx_lanes(L, scales, xt, 32)
