@@ -1,6 +1,5 @@
 """glmcpu.load(path) -> Model: the runtime contract shared by tests, benchmarks and tools."""
 import sys
-import time
 
 import numpy as np
 import numba
@@ -243,11 +242,10 @@ class Model:
         return it if stream else "".join(it)
 
     def run(self, request, cancelled=None):
-        """Generate for a glmcpu.requests.GenerationRequest: checks it now (a GlmcpuError here, not
-        at the first piece), then returns the iterator of text pieces (glmcpu.requests.run). When
-        it ends, ``request.result`` is the CompletionResult and also ``last_result``."""
+        """Generate for a glmcpu.requests.GenerationRequest: the iterator of text pieces of
+        glmcpu.requests.run (which checks the request at once). When it ends, ``request.result``
+        is the CompletionResult and also ``last_result``."""
         from . import requests
-        requests.check(self, request)
         return self._run(requests.run(self, request, cancelled), request)
 
     def _run(self, pieces, request):

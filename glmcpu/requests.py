@@ -268,10 +268,14 @@ class Sequence:
 
 
 def run(model, request, cancelled=None):
-    """Generate for ``request`` on ``model`` (slot 0; one at a time: the caller serializes). Yields
-    text pieces whose concatenation is request.result.text. The prompt's longest prefix already in
-    the cache is kept (model.cached_prefix) and only the rest is computed."""
-    seq = Sequence(model, request)
+    """Generate for ``request`` on ``model`` (slot 0; one at a time: the caller serializes): an
+    iterator of text pieces whose concatenation is request.result.text. The request is checked
+    now (a bad one raises GlmcpuError here, not at the first piece); the prompt's longest prefix
+    already in the cache is kept (model.cached_prefix) and only the rest is computed."""
+    return _drive(Sequence(model, request), model, cancelled)
+
+
+def _drive(seq, model, cancelled):
     try:
         while not seq.done:
             if cancelled and cancelled():
