@@ -9,7 +9,7 @@ from glmcpu import kernels as K
 from . import families, models
 from .errors import GlmcpuError
 from .file import ModelFile
-from .kvcache import DEFAULT as KV_DEFAULT, check_kind as check_kv
+from .kvcache import DEFAULT as KV_DEFAULT
 from .linear import MODES
 from .threads import resolve_threads
 
@@ -38,7 +38,7 @@ class Model:
         self.hf_config = self.file.hf_config
         self.mode = mode
         self.arch = models.get(self.file.params.get("arch")).runner(self.file, int(n_ctx), self.threads, mode=mode,
-                                                                  kv=check_kv(kv), n_slots=int(n_slots))
+                                                                  kv=kv, n_slots=int(n_slots))
         self.kv = kv
         self.n_slots = int(n_slots)
         self.config = self.arch.args
