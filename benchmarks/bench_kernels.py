@@ -156,6 +156,8 @@ class Runner:
         elif self.avx2:
             K.pair_act(self.xp, self.xq)
             if T == 1:
+            elif T <= TB:
+                K.matmul_few_q4_avx2(self.out, self.acc, self.p16, self.xp, self.xd, self.xs, qs, d, m, n)
                 K.matvec_q4_avx2(self.out[0], self.acc1, self.p16_1, self.xp, self.xd, self.xs, qs, d, m, n)
             else:
                 K.matmul_q4_avx2(self.out, self.acc, self.p16, self.w8,

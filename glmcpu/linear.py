@@ -330,6 +330,8 @@ class LinearQ4:
     def _avx2(self, out, x):
         T, ws = x.shape[0], self.ws
         xq, xd, xs, xp = self.xq[:T], self.xd[:T], self.xs[:T], self.xp[:T]
+        elif T <= K.quant.TB:    # several sequences decoding together: no unpacked copy
+            K.matmul_few_q4_avx2(out, ws.acc, ws.p16, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
         K.quantize_act(xq, xd, xs, x)
         K.pair_act(xp, xq)
         if T == 1:

@@ -459,3 +459,98 @@ def matvec_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
                 add_block_q4(acc, p, 8 * xs[0, sb], xd[0, sb], xs[0, sb], d, m, ti, g)
             for r in range(min(R, n_out - ti * R)):
                 out[ti * R + r] = acc[r]
+
+
+@njit(cache=True, inline="always")
+def _dot_sub_q4_direct(p, qs, q0, xp, x0, xstride, nt, R):
+    """As _dot_sub_q4, straight from the stored nibbles qs.flat[q0 + j*R + r] (no unpacked copy):
+    for a few tokens the copy costs as much as the products. Register tile: 4 tokens x 32 rows."""
+    for rc in range(0, R, 32):
+        t = 0
+        while t + 4 <= nt:
+            a0 = zero16()
+            a1 = zero16()
+            a2 = zero16()
+            a3 = zero16()
+            a4 = zero16()
+            a5 = zero16()
+            a6 = zero16()
+            a7 = zero16()
+            xo = x0 + t * xstride
+            for j in range(16):
+                qo = q0 + j * R + rc
+                b0 = bcast16(xp, xo + j)
+                b1 = bcast16(xp, xo + xstride + j)
+                b2 = bcast16(xp, xo + 2 * xstride + j)
+                b3 = bcast16(xp, xo + 3 * xstride + j)
+                a0 = maddubs_nib_lo(a0, qs, qo, b0)
+                a1 = maddubs_nib_hi(a1, qs, qo, b0)
+                a2 = maddubs_nib_lo(a2, qs, qo, b1)
+                a3 = maddubs_nib_hi(a3, qs, qo, b1)
+                a4 = maddubs_nib_lo(a4, qs, qo, b2)
+                a5 = maddubs_nib_hi(a5, qs, qo, b2)
+                a6 = maddubs_nib_lo(a6, qs, qo, b3)
+                a7 = maddubs_nib_hi(a7, qs, qo, b3)
+            store16x2(p, t * R + rc, a0, a1)
+            store16x2(p, (t + 1) * R + rc, a2, a3)
+            store16x2(p, (t + 2) * R + rc, a4, a5)
+            store16x2(p, (t + 3) * R + rc, a6, a7)
+            t += 4
+        while t + 2 <= nt:
+            a0 = zero16()
+            a1 = zero16()
+            a2 = zero16()
+            a3 = zero16()
+            xo = x0 + t * xstride
+            for j in range(16):
+                qo = q0 + j * R + rc
+                b0 = bcast16(xp, xo + j)
+                b1 = bcast16(xp, xo + xstride + j)
+                a0 = maddubs_nib_lo(a0, qs, qo, b0)
+                a1 = maddubs_nib_hi(a1, qs, qo, b0)
+                a2 = maddubs_nib_lo(a2, qs, qo, b1)
+                a3 = maddubs_nib_hi(a3, qs, qo, b1)
+            store16x2(p, t * R + rc, a0, a1)
+            store16x2(p, (t + 1) * R + rc, a2, a3)
+            t += 2
+        if t < nt:
+            a0 = zero16()
+            a1 = zero16()
+            xo = x0 + t * xstride
+            for j in range(16):
+                qo = q0 + j * R + rc
+                b0 = bcast16(xp, xo + j)
+                a0 = maddubs_nib_lo(a0, qs, qo, b0)
+                a1 = maddubs_nib_hi(a1, qs, qo, b0)
+            store16x2(p, t * R + rc, a0, a1)
+
+
+@njit(cache=True, parallel=True)
+def matmul_few_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
+    """out [T, n_out] = x W^T for a few tokens (1 <= T <= TB: the rows of several sequences
+    decoding together), equal bit for bit to kernels.quant.matmul_q4: the matvec's direct reads
+    of the stored nibbles, with a register tile of up to 4 tokens per weight load, instead of
+    matmul_q4_avx2's unpacked copy of each sub-block. scr_acc [n_ranges, TB, R] float32,
+    scr_p [n_ranges, TB, R] int16."""
+    n_tiles, n_sub, _, R = qs.shape
+    T = xp.shape[0]
+    xstride = xp.shape[1]
+    spg = n_sub // d.shape[1]
+    n_ranges = scr_p.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        acc = scr_acc[c]
+        p = scr_p[c]
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            for t in range(T):
+                for r in range(R):
+                    acc[t, r] = 0.0
+            for sb in range(n_sub):
+                g = sb // spg
+                _dot_sub_q4_direct(p, qs, ((ti * n_sub + sb) * 16) * R, xp, sb * 16, xstride, T, R)
+                for t in range(T):
+                    sxi = xs[t, sb]
+                    add_block_q4(acc[t], p[t], 8 * sxi, xd[t, sb], sxi, d, m, ti, g)
+            for t in range(T):
+                for r in range(min(R, n_out - ti * R)):
+                    out[t, ti * R + r] = acc[t, r]

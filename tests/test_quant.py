@@ -154,6 +154,11 @@ def _avx2_run(out, T, xq, xd, xs, qt, dt, mt, n):
     else:
         K.matmul_q4_avx2(out, np.zeros((nr, TB, R), np.float32), np.zeros((nr, TB, R), np.int16),
                          np.zeros((nr, 32 * R), np.uint8), xp, xd, xs, qt, dt, mt, n)
+    if T <= TB:   # the few-tokens kernel (several sequences decoding together) gives the same bits
+        few = np.full_like(out, np.nan)
+        K.matmul_few_q4_avx2(few, np.zeros((nr, TB, R), np.float32), np.zeros((nr, TB, R), np.int16),
+                             xp, xd, xs, qt, dt, mt, n)
+        np.testing.assert_array_equal(few, out)
 
 
 needs_avx2 = pytest.mark.skipif(not K.avx2.available(), reason="no AVX2 here (or GLMCPU_SIMD=off): "
@@ -168,7 +173,7 @@ def test_avx2_kernels_equal_reference(kind, n, k, gs):
     x_all = RNG.standard_normal((64, k)).astype(np.float32)
     w = RNG.standard_normal((n, k)).astype(np.float32)
     (q, d, m), (qt, dt, mt) = _tiled(kind, w, gs)
-    for T in (1, 2, 7, 64):
+    for T in (1, 2, 3, 5, 7, 16, 64):
         x = x_all[:T]
         xq, xd, xs = np.zeros((T, k), np.int8), np.zeros((T, k // 32), np.float32), np.zeros((T, k // 32), np.int32)
         K.quantize_act(xq, xd, xs, x)
