@@ -125,7 +125,7 @@ def test_each_kernel_compiled_once_by_a_model_run(converted):
         "from glmcpu import kernels as K\n"
         f"for p in {[converted('glm4-tiny', t) for t in ('f32', 'f16', 'q8_0', 'q4_0', 'q4_1')]!r}:\n"
         "    m = glmcpu.load(p)\n"
-        "    m.forward(np.arange(9)); m.forward([3]); m.forward(np.arange(4), all_logits=False)\n"
+        "    m.forward(np.arange(20)); m.forward([3]); m.forward(np.arange(4), all_logits=False)\n"
         "print(json.dumps({n: len(getattr(K, n).signatures) for n in K.__all__ if hasattr(getattr(K, n), 'signatures')}))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -133,7 +133,8 @@ def test_each_kernel_compiled_once_by_a_model_run(converted):
     used = ["first_nonfinite", "matvec_f32", "matmul_f32", "matvec_f16", "matmul_f16", "embed_f32", "embed_f16",
             "rmsnorm", "rope_inplace", "attention", "swiglu", "quantize_act",
             "embed_q4", "embed_q8_0"]
-    used += (["pair_act", "matvec_q4_avx2", "matmul_q4_avx2", "matvec_q8_0_avx2", "matmul_q8_0_avx2"]
+    used += (["pair_act", "matvec_q4_avx2", "matmul_q4_avx2", "matmul_few_q4_avx2", "matvec_q8_0_avx2",
+              "matmul_q8_0_avx2"]
              if K.avx2.available() else ["matvec_q4", "matmul_q4", "matvec_q8_0", "matmul_q8_0"])
     for name in used:
         assert counts[name] == 1, (name, counts)
