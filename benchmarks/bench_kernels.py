@@ -23,7 +23,7 @@ On the Zen 3 (AVX2 only) machine of 2026-11-23, 2 threads, where the sum reads 2
 AVX2 matmul runs at 160-230 GFLOP/s where the portable one ran at 100-135.
 
 K-quants (q4_k, q5_k, q6_k: ggml's rows as stored, kernels/kquant_avx2.py) and q5_0 have AVX2
-kernels equal to the portable ones bit for bit (the generic ggml dot's float order); `--compare
+kernels equal to the portable ones bit for bit (glmcpu.kquants.kernel_dot's float order); `--compare
 q4_0,q4_k,q6_k,q5_0 --tokens 1,64` times them in alternation with q4_0. On the shared Zen 3 of
 2026-11-24, 1 thread (results/2026-11-24-kquant-avx2): decode q4_k 9.5 GB/s of weights where q4_0
 reads 14.5 (portable q4_k: 0.2), q6_k 11; prefill q4_k 0.64-0.71x q4_0's tokens/s, q6_k 0.58-0.71x,
@@ -116,9 +116,8 @@ class Runner:
             KA, p = K.kquant_avx2, K.kquant_avx2.PAD
             self.tile = (np.zeros((n_ranges, KA.RT * 256), np.uint8), np.zeros((n_ranges, KA.RT * 8), np.int32),
                          np.zeros((n_ranges, KA.RT * 8), np.int32), np.zeros((n_ranges, 2 * KA.RT), np.float32),
-                         np.zeros((n_ranges, KA.TB * KA.RT * 8), np.float32), np.zeros((n_ranges, KA.TB * KA.RT), np.float32))
-            self.perm = (np.zeros((T, k + p), np.int8), np.zeros((T, k + p), np.int8), np.zeros((T, k + p), np.uint8),
-                         np.zeros((T, (k + p) // 2), np.int16), np.zeros((T, k // 32), np.int32))
+                         np.zeros((n_ranges, KA.TB * KA.RT), np.float32))
+            self.perm = (np.zeros((T, k + p), np.int8), np.zeros((T, k + p), np.uint8), np.zeros((T, k // 32), np.int32))
 
     def __call__(self):
         a, T, n = self.a, self.T, self.n
@@ -156,9 +155,9 @@ class Runner:
         elif self.avx2:
             K.pair_act(self.xp, self.xq)
             if T == 1:
+                K.matvec_q4_avx2(self.out[0], self.acc1, self.p16_1, self.xp, self.xd, self.xs, qs, d, m, n)
             elif T <= TB:
                 K.matmul_few_q4_avx2(self.out, self.acc, self.p16, self.xp, self.xd, self.xs, qs, d, m, n)
-                K.matvec_q4_avx2(self.out[0], self.acc1, self.p16_1, self.xp, self.xd, self.xs, qs, d, m, n)
             else:
                 K.matmul_q4_avx2(self.out, self.acc, self.p16, self.w8,
                                  self.xp, self.xd, self.xs, qs, d, m, n)
@@ -175,11 +174,12 @@ class Runner:
         if not self.avx2:
             K.matmul_kquant(self.out, *self.kq, self.a[0], self.aq, self.ad, self.asum, num)
             return
-        xqq, xq2, xqu, corr, asum2 = self.perm
-        K.permute_q8_K(xqq, xq2, xqu, corr, asum2, self.aq, self.asum)
+        xq2, xqu, asum2 = self.perm
         if self.T == 1:
-            K.matvec_kquant_avx2(self.out[0], self.tile[1], self.tile[4], self.a[0], xqq, xq2, self.ad, asum2, corr, num)
+            K.kquant_avx2.pair_sums(asum2, self.asum)
+            K.matvec_kquant_avx2(self.out[0], self.tile[1], self.a[0], self.aq, self.ad, self.asum, asum2, num)
         else:
+            K.permute_q8_K(xq2, xqu, asum2, self.aq, self.asum)
             K.matmul_kquant_avx2(self.out, *self.tile, self.a[0], xq2, xqu, self.ad, asum2, num)
 
 
@@ -198,13 +198,13 @@ def validate(kinds, n_ranges):
                 r()
                 assert np.array_equal(r.out, Q.matmul_ref("q5_0", wb, None, None, 32, x)), kind
                 continue
-            if kind in KQ_BLOCK:   # ggml's generic dot (glmcpu.kquants), bit for bit
+            if kind in KQ_BLOCK:   # glmcpu.kquants.kernel_dot, bit for bit
                 name = kind[:2] + "_K"
                 wb = KQ.QUANTIZE[name](w)
                 r = Runner(kind, (wb,), n, k, T, n_ranges)
                 r.x[:] = x
                 r()
-                ref = KQ.VEC_DOT[name](wb, KQ.quantize_q8_K(x))
+                ref = KQ.kernel_dot(name, wb, KQ.quantize_q8_K(x))
                 assert np.array_equal(r.out.view(np.uint32), ref.view(np.uint32)), kind
                 continue
             if kind == "f16":

@@ -5,7 +5,8 @@ end, each exactly ggml's ``block_q4_K`` / ``block_q5_K`` / ``block_q6_K`` / ``bl
 (little-endian; f16 is IEEE half). ``quantize_<type>`` reproduces ggml's reference quantizers
 (``quantize_row_<type>_ref``, what llama.cpp writes when no importance matrix is given) byte for
 byte, ``dequantize_<type>`` ggml's ``dequantize_row_<type>`` bit for bit, and
-``vec_dot_<type>_q8_K`` ggml's scalar dot products (``ggml_vec_dot_<type>_q8_K_generic``).
+``vec_dot_<type>_q8_K`` ggml's scalar dot products (``ggml_vec_dot_<type>_q8_K_generic``);
+``kernel_dot`` is the dot glmcpu's kernels compute (the same integers, one float32 sum per row).
 
 q4_K, 144 bytes = 256 weights (4.5 bits/weight), eight sub-blocks of 32:
     0    f16 d        super-scale of the sub-block scales
@@ -509,7 +510,22 @@ def _dot_finish(R, T, nb, aux32, d_w, d_a, dmin_w=None, sumi=None):
     return sumf
 
 
-def _vec_dot(w, a, kind):
+def _rowsum_finish(R, T, nb, isum, d_w, d_a, dmin_w=None, summ=None):
+    """The float part of glmcpu's K-quant dots (KERNEL_DOT). isum [T, R, nb] int (the super-block's
+    exact integer sum of scale * q * a), d_w/dmin_w [R, nb] float32, d_a [T, nb], summ [T, R, nb]
+    int -> [T, R] float32: per super-block i, in order,
+        sumf += (d_w * d_a) * float32(isum);  sumf -= (dmin_w * d_a) * float32(summ)."""
+    sumf = np.zeros((T, R), F32)
+    for i in range(nb):
+        d = d_w[None, :, i] * d_a[:, None, i]                        # [T, R]
+        sumf += d * isum[:, :, i].astype(F32)
+        if summ is not None:
+            dmin = dmin_w[None, :, i] * d_a[:, None, i]
+            sumf -= dmin * summ[:, :, i].astype(F32)
+    return sumf
+
+
+def _vec_dot(w, a, kind, order="ggml"):
     wb, nb, ab, one = _dot_args(w, a, kind)
     R, T = w.shape[0], ab.shape[0] // nb
     da, aq, bsums = _unpack_q8_K(ab)
@@ -535,7 +551,10 @@ def _vec_dot(w, a, kind):
     wq = wq.reshape(R, nb, 32, 8)
     aux32 = np.einsum("rbkl,tbkl->trbl", wq, aq)                     # exact integers
     with np.errstate(all="ignore"):
-        out = _dot_finish(R, T, nb, aux32, d.reshape(R, nb), da, dmin, sumi)
+        if order == "ggml":
+            out = _dot_finish(R, T, nb, aux32, d.reshape(R, nb), da, dmin, sumi)
+        else:
+            out = _rowsum_finish(R, T, nb, aux32.sum(axis=3), d.reshape(R, nb), da, dmin, sumi)
     return out[0] if one else out
 
 
@@ -558,6 +577,20 @@ def vec_dot_q6_K_q8_K(w_bytes, a_bytes):
     """As vec_dot_q4_K_q8_K for q6_K weights [R, k/256 * 210] (ggml_vec_dot_q6_K_q8_K_generic):
     aux32[l] sums scales[j] * (q - 32) * a, no minimum term; sumf = 0 + sums[0] + ... + sums[7]."""
     return _vec_dot(w_bytes, a_bytes, "q6_K")
+
+
+def kernel_dot(kind, w_bytes, a_bytes):
+    """The dot products glmcpu's K-quant kernels compute (kernels/kquant.py, kernels/kquant_avx2.py;
+    their spec): kind "q4_K" / "q5_K" / "q6_K" weight rows w_bytes [R, k/256 * block bytes] with
+    q8_K activation rows a_bytes [T, k/256 * 292] (or one row) -> float32 [T, R] (or [R]).
+    The integers are ggml's: per super-block isum = sum of sc[j] * q * a (q - 32 for q6_K), exact,
+    and for q4_K / q5_K summ = sum bsums[j] * m[j/2]. The float part is one running float32 sum per
+    row, super-block by super-block: sumf += (d * d8) * float32(isum), then sumf -= (dmin * d8) *
+    float32(summ) - the order of a kernel that keeps each super-block's integer sum whole (in
+    ggml's generic dot, vec_dot_*, the sum is split over eight float32 lanes, a layout the SIMD
+    kernels would pay a shuffle per 32 weights to reproduce). The two differ by float32 rounding
+    only (tests/test_kquant_types.py bounds it)."""
+    return _vec_dot(w_bytes, a_bytes, kind, order="rowsum")
 
 
 _BLOCKS = {"q4_K": lambda xb: _k45_bytes(xb, "q4_K", 15, -1.0, 0.1, 20),

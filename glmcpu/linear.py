@@ -95,10 +95,10 @@ class Workspace:
 
     def kquant_avx2(self, n_in):
         """For the K-quant Linears on the AVX2 kernels (allocated at load, when the first asks):
-        per-range tile scratch (wq, sp, mn, dd, sums, sumf) of kernels.kquant_avx2.matmul_kquant_avx2
-        (the matvec uses sp and sums) and views [chunk, ...] of the permuted activations of width
-        n_in (xqq, xq2 [chunk, n_in + PAD] int8, xqu [chunk, n_in + PAD] uint8, corr [chunk,
-        (n_in + PAD) / 2] int16, asum2 [chunk, n_in / 32] int32; rows padded, see the kernel)."""
+        per-range tile scratch (wq, sp, mn, dd, sumf) of kernels.kquant_avx2.matmul_kquant_avx2
+        (the matvec uses sp) and views [chunk, ...] of the permuted activations of width n_in
+        (xq2 [chunk, n_in + PAD] int8, xqu [chunk, n_in + PAD] uint8, rows padded, see the kernel)
+        and of the sub-block sums asum2 [chunk, n_in / 32] int32."""
         KA = K.kquant_avx2
         if not hasattr(self, "kq_wq"):
             n, (c, m) = self.n_ranges, self.xq.shape
@@ -106,21 +106,16 @@ class Workspace:
             self.kq_sp = np.zeros((n, KA.RT * 8), np.int32)
             self.kq_mn = np.zeros((n, KA.RT * 8), np.int32)
             self.kq_dd = np.zeros((n, 2 * KA.RT), np.float32)
-            self.kq_sums = np.zeros((n, KA.TB * KA.RT * 8), np.float32)
             self.kq_sumf = np.zeros((n, KA.TB * KA.RT), np.float32)
-            self.kq_xqq = np.zeros((c, m + KA.PAD), np.int8)
             self.kq_xq2 = np.zeros((c, m + KA.PAD), np.int8)
             self.kq_xqu = np.zeros((c, m + KA.PAD), np.uint8)
-            self.kq_corr = np.zeros((c, (m + KA.PAD) // 2), np.int16)
             self.kq_asum2 = np.zeros((c, m // 32), np.int32)
         c = self.xq.shape[0]
 
         def view(a, width):
             return a.reshape(-1)[: c * width].reshape(c, width)
-        return ((self.kq_wq, self.kq_sp, self.kq_mn, self.kq_dd, self.kq_sums, self.kq_sumf),
-                (view(self.kq_xqq, n_in + KA.PAD), view(self.kq_xq2, n_in + KA.PAD),
-                 view(self.kq_xqu, n_in + KA.PAD), view(self.kq_corr, (n_in + KA.PAD) // 2),
-                 view(self.kq_asum2, n_in // 32)))
+        return ((self.kq_wq, self.kq_sp, self.kq_mn, self.kq_dd, self.kq_sumf),
+                (view(self.kq_xq2, n_in + KA.PAD), view(self.kq_xqu, n_in + KA.PAD), view(self.kq_asum2, n_in // 32)))
 
     def q5_0_avx2(self):
         """q5_0's AVX2 scratch (allocated at load, when the first asks): the transposed activation
@@ -225,12 +220,13 @@ class LinearKQuant:
     def _avx2(self, out, x):
         T = x.shape[0]
         aq, ad, asum = self.aq[:T], self.ad[:T], self.asum[:T]
-        xqq, xq2, xqu, corr, asum2 = (a[:T] for a in self.perm)
+        xq2, xqu, asum2 = (a[:T] for a in self.perm)
         K.quantize_q8_K(aq, ad, asum, x)
-        K.permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum)
         if T == 1:
-            K.matvec_kquant_avx2(out[0], self.tile[1], self.tile[4], self.w, xqq, xq2, ad, asum2, corr, self.kind)
+            K.kquant_avx2.pair_sums(asum2, asum)
+            K.matvec_kquant_avx2(out[0], self.tile[1], self.w, aq, ad, asum, asum2, self.kind)
         else:
+            K.permute_q8_K(xq2, xqu, asum2, aq, asum)
             K.matmul_kquant_avx2(out, *self.tile, self.w, xq2, xqu, ad, asum2, self.kind)
 
     def embed(self, out, ids):
@@ -330,12 +326,12 @@ class LinearQ4:
     def _avx2(self, out, x):
         T, ws = x.shape[0], self.ws
         xq, xd, xs, xp = self.xq[:T], self.xd[:T], self.xs[:T], self.xp[:T]
-        elif T <= K.quant.TB:    # several sequences decoding together: no unpacked copy
-            K.matmul_few_q4_avx2(out, ws.acc, ws.p16, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
         K.quantize_act(xq, xd, xs, x)
         K.pair_act(xp, xq)
         if T == 1:
             K.matvec_q4_avx2(out[0], ws.acc1, ws.p16_1, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
+        elif T <= K.quant.TB:    # several sequences decoding together: no unpacked copy
+            K.matmul_few_q4_avx2(out, ws.acc, ws.p16, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
         else:
             K.matmul_q4_avx2(out, ws.acc, ws.p16, ws.w8, xp, xd, xs, self.qs, self.d, self.m, self.n_out)
 
@@ -396,7 +392,7 @@ class LinearQ8_0:
 
 class LinearReference:
     """numpy reference: for quantized types glmcpu.quants.matmul_ref on the untiled (ggml row
-    order) arrays, or for the K-quants ggml's generic dot on q8_K activations (glmcpu.kquants),
+    order) arrays, or for the K-quants kquants.kernel_dot on q8_K activations (glmcpu.kquants),
     which the fast kernels must equal bit for bit; float64 products otherwise."""
 
     def __init__(self, lin):
@@ -423,7 +419,7 @@ class LinearReference:
             out[:] = Q.matmul_ref(self.kind, np.asarray(self.blocks), None, None, 32, x)
         elif self.kind in ("q4_k", "q5_k", "q6_k"):
             from glmcpu import kquants
-            out[:] = kquants.VEC_DOT[self.kq](np.asarray(self.blocks), kquants.quantize_q8_K(x))
+            out[:] = kquants.kernel_dot(self.kq, np.asarray(self.blocks), kquants.quantize_q8_K(x))
         else:
             out[:] = (x.astype(np.float64) @ self.w.astype(np.float64).T).astype(np.float32)
 

@@ -2,11 +2,11 @@
 
 Weights are ggml's rows as they are: w [n_out, n_in / 256 * block bytes] uint8. Activations are
 quantized per 256-block to q8_K (``quantize_q8_K``: int8 values, a float32 scale, int32 sums of
-16) and each dot product is ggml's generic K-quant dot (``ggml_vec_dot_<type>_q8_K_generic``):
-per super-block eight exact integer lane sums aux[l] (lane l holds elements l, l + 8, ...), then
-in float32, one operation at a time, sums[l] += (d * d8) * aux[l] and, for q4_K / q5_K,
-sumf -= (dmin * d8) * sumi; at the end sumf += sums[0] ... sums[7]. No fastmath (a fused
-multiply-add would change bits): these equal glmcpu.kquants.vec_dot_* bit for bit.
+16) and each dot product is glmcpu.kquants.kernel_dot: ggml's integers (per super-block the exact
+sum isum of scale * q * a, and for q4_K / q5_K summ of the minimums times the activation sums),
+then in float32, one operation at a time, sumf += (d * d8) * isum and sumf -= (dmin * d8) * summ,
+super-block by super-block. No fastmath (a fused multiply-add would change bits): these equal
+kernel_dot bit for bit.
 
 matmul_*: out [T, n_out] for T >= 1 tokens, parallel over ranges of rows; each weight row is
 unpacked once into per-range scratch (q * sub-block scale as int32, and per super-block d, dmin
@@ -119,36 +119,30 @@ def _unpack_q6(rq, rd, w, r):
 
 
 @njit(cache=True, inline="always")
-def _dot_row(rq, rd, rdm, rm, aq, ad, asum, t, nb, with_min, aux, sums):
-    """The generic float part for one row (unpacked) and token t."""
+def _dot_row(rq, rd, rdm, rm, aq, ad, asum, t, nb, with_min):
+    """The dot of one row (unpacked) with token t, super-block by super-block: the exact integer
+    sum isum, then sumf += (d * d8) * isum and, q4_K / q5_K, sumf -= (dmin * d8) * summ."""
     sumf = np.float32(0.0)
-    for l in range(8):
-        sums[l] = np.float32(0.0)
     for i in range(nb):
-        for l in range(8):
-            aux[l] = 0
         base = QK_K * i
-        for k in range(QK_K // 8):          # 8 lanes side by side: one vector of int32 sums
-            for l in range(8):
-                aux[l] += rq[base + 8 * k + l] * np.int32(aq[t, base + 8 * k + l])
+        isum = np.int32(0)
+        for e in range(QK_K):
+            isum += rq[base + e] * np.int32(aq[t, base + e])
         d = np.float32(rd[i] * ad[t, i])
-        for l in range(8):
-            sums[l] = np.float32(sums[l] + np.float32(d * np.float32(aux[l])))
+        sumf = np.float32(sumf + np.float32(d * np.float32(isum)))
         if with_min:
-            sumi = np.int32(0)
+            summ = np.int32(0)
             for g in range(16):
-                sumi += asum[t, 16 * i + g] * rm[16 * i + g]
+                summ += asum[t, 16 * i + g] * rm[16 * i + g]
             dmin = np.float32(rdm[i] * ad[t, i])
-            sumf = np.float32(sumf - np.float32(dmin * np.float32(sumi)))
-    for l in range(8):
-        sumf = np.float32(sumf + sums[l])
+            sumf = np.float32(sumf - np.float32(dmin * np.float32(summ)))
     return sumf
 
 
 @njit(cache=True, parallel=True)  # no fastmath
 def matmul_kquant(out, rq, rd, rdm, rm, w, aq, ad, asum, kind):
     """out [T, n_out] = each q4_K (kind 4) / q5_K (5) / q6_K (6) row of w dotted with each token's
-    q8_K activations (aq, ad, asum from quantize_q8_K), as ggml's generic dot."""
+    q8_K activations (aq, ad, asum from quantize_q8_K), as glmcpu.kquants.kernel_dot."""
     T = aq.shape[0]
     n_out = w.shape[0]
     bpb = 144 if kind == 4 else (176 if kind == 5 else 210)
@@ -156,15 +150,13 @@ def matmul_kquant(out, rq, rd, rdm, rm, w, aq, ad, asum, kind):
     n_ranges = rq.shape[0]
     per = (n_out + n_ranges - 1) // n_ranges
     for c in prange(n_ranges):
-        aux = np.zeros(8, np.int32)
-        sums = np.zeros(8, np.float32)
         for r in range(c * per, min(n_out, (c + 1) * per)):
             if kind == 6:
                 _unpack_q6(rq[c], rd[c], w, r)
             else:
                 _unpack_k45(rq[c], rd[c], rdm[c], rm[c], w, r, bpb, kind == 5)
             for t in range(T):
-                out[t, r] = _dot_row(rq[c], rd[c], rdm[c], rm[c], aq, ad, asum, t, nb, kind != 6, aux, sums)
+                out[t, r] = _dot_row(rq[c], rd[c], rdm[c], rm[c], aq, ad, asum, t, nb, kind != 6)
 
 
 @njit(cache=True)  # no fastmath

@@ -1,44 +1,41 @@
 """AVX2 kernels for the K-quant types q4_K, q5_K, q6_K (ggml's rows as stored, q8_K activations).
 
-They equal the portable kernels (kernels/kquant.py, and so glmcpu.kquants.vec_dot_*, ggml's
-generic dots) bit for bit. The generic dot's float part, per super-block of 256, needs eight
-exact integer lane sums aux[l] = sum over elements e with e % 8 == l of (q_e * scale_e) * a_e;
-integer sums are exact in any order, so the SIMD part only has to produce those eight sums, in the
-eight int32 lanes of one register (lane l = class l), and then does the float part in the
-generic order (below).
+They equal the portable kernels (kernels/kquant.py, and so glmcpu.kquants.kernel_dot) bit for bit.
+kernel_dot keeps ggml's integers, and per super-block of 256 one exact integer sum isum of
+scale * q * a, then in float32 sumf += (d * d8) * float(isum) and, q4_K / q5_K, sumf -= (dmin *
+d8) * float(summ) (the minimums times the activations' sub-block sums). Integer sums are exact in
+any order, so the SIMD part may put any products in any int32 lane and sum the eight lanes at the
+end of the super-block (``hsum8``). (ggml's generic dot instead splits isum into eight float32
+lanes by position mod 8; reproducing that needed a shuffle of every 32 weights and cost the
+decode kernels about 30%.)
 
-Class-pure lanes. In a 32-element chunk of a super-block position p has class p % 8, and the
-stored bytes of every plane (q4_K / q5_K nibbles and high bits, q6_K's low nibbles and 2-bit
-planes) sit at their element's position p, so one shuffle of 32 stored bytes orders them all:
-  - Q order (``loadq``): byte 4v + k holds position v + 8k, so int32 lane v holds class v.
-    vpmaddubsw (unsigned x signed bytes) gives int16 lanes 2v (positions v, v + 8) and 2v + 1
-    (v + 16, v + 24); vpmaddwd by an int16 pair (s0, s1) in every int32 lane (s0: the scale of
-    positions 0..15, s1: of 16..31) gives int32 lane v = the chunk's class-v sum of scale * q * a.
-  - pair order (q4_K / q5_K, whose scales cover 32 elements): for the two sub-blocks A, B of one
-    stored byte (low and high nibble) lane v holds (A_v, A_{v+8}, B_v, B_{v+8}) in one register and
-    (A_{v+16}, A_{v+24}, B_{v+16}, B_{v+24}) in another (``pair_lo`` / ``pair_hi`` of their Q
-    orders, or ``nib_pair`` straight from the stored bytes); the two vpmaddubsw are summed in int16
-    (four products of one class and sub-block, at most 4 * 31 * 127) and one vpmaddwd by (sc_A,
-    sc_B) scales both sub-blocks: 3 multiply instructions per 64 weights instead of 4 (``dot2_sc``).
-  - q6_K (values q - 32, scales per 16): the matvec subtracts 32 (a_v + a_{v+8}) per int16 lane
-    (``corr``, per token; exact, |q - 32| <= 32); the matmul takes q - 32 as the signed side and
-    a + 128 as the unsigned one, and each row's 128 * sum(scale * (q - 32)) per class once per
-    super-block (``dot_c128``) - no per-token correction in the inner loop.
-  Every int16 result is within range (vpmaddubsw never saturates here: at most 2 * 255 * 32 or
-  2 * 63 * 127), and every int32 sum below 2^31; the numpy twins model saturation and wrapping
-  anyway. The activations are permuted to match once per token (``permute_q8_K``).
+Decode (``matvec_kquant_avx2``, one token, bandwidth-bound): straight from the stored rows, 32
+stored bytes at a time. q4_K / q5_K: the low nibbles are one sub-block, the high nibbles the next
+(q5_K ors in bit 4 from its high-bit plane, ``hbits``); one vpmaddubsw of each with the plain q8_K
+activations and one vpmaddwd by that sub-block's scale (``dot_s``; the eight scale pairs decoded
+at once from the 12 packed bytes, ``k4_scales``, which also returns summ). q6_K: 32 values of one
+chunk (low nibbles or high, ored with their 2-bit plane), one vpmaddwd by the two scales of its
+halves (``dot_s2``); the values are taken as q (0..63) and the -32 is applied once per super-block,
+as 32 * sum(scale * q8_K's 16-sums) (``q6_scales``). Each super-block prefetches PF_BYTES ahead.
 
-Float part: per super-block sums[l] = sums[l] + (d * d8) * float(aux[l]) (``add_scaled`` /
-``fadd_scaled``: fmul then fadd, lane by lane, no fast-math flags, so LLVM contracts nothing into
-an FMA), sumf = sumf - (dmin * d8) * float(sumi), and at the end sumf + sums[0] + ... + sums[7]
-in order: the portable kernel's operations, one at a time. The minimums' sumi is an exact integer
-(computed as one in the matvec, in float32 over rows in the matmul, where every partial sum is an
-integer below 2^24).
-
-matvec_kquant_avx2: one token, straight from the stored rows. matmul_kquant_avx2: T tokens; a
-tile of RT rows has each super-block unpacked once per block of TB tokens (values in pair / Q
-order, scale pairs, minimums), then a register tile of 1 row x 8 tokens (q4_K / q5_K) or 2 rows
-x 4 tokens (q6_K) runs over it.
+Prefill (``matmul_kquant_avx2``, T tokens, compute-bound): a tile of RT rows has each super-block
+unpacked once per block of TB tokens into scratch, then a register tile of 1 row x 8 tokens
+(q4_K / q5_K) or 2 rows x 4 tokens (q6_K) runs over it:
+  - q4_K / q5_K in pair order: for the two sub-blocks A, B of one stored byte (low and high
+    nibble), each in Q order (``loadq``: byte 4v + k holds position v + 8k), int32 lane v holds
+    (A_v, A_{v+8}, B_v, B_{v+8}) in one register and (A_{v+16}, A_{v+24}, B_{v+16}, B_{v+24}) in
+    another (``pair_lo`` / ``pair_hi``), the activations permuted to match once per token
+    (``permute_q8_K``); the two vpmaddubsw are summed in int16 (at most 4 * 31 * 127) and one
+    vpmaddwd by (sc_A, sc_B) scales both sub-blocks: 3 multiply instructions per 64 weights
+    instead of 4 (``dot2_sc``). The minimums' summ is summed in float32 over rows, exactly (every
+    partial sum is an integer below 2^24).
+  - q6_K takes q - 32 as the signed side and a + 128 as the unsigned one, and each row's
+    128 * sum(scale * (q - 32)) once per super-block (``dot_c128``) - no per-token correction in
+    the inner loop.
+Every int16 result is within range (vpmaddubsw never saturates here: at most 2 * 255 * 32 or
+2 * 63 * 127), and every int32 sum below 2^31; the numpy twins model saturation and wrapping
+anyway. The float steps are fmul then fadd, no fast-math flags (LLVM contracts nothing into an
+FMA): the portable kernel's operations, one at a time.
 
 matmul_q5_0_avx2: ggml's q5_0 rows (the ffn_down of GLM's q4_k_m: 13696 is no multiple of 256),
 bit for bit as kernels.kquant.matmul_q5_0: per 32-block one vpmaddubsw of q (0..31) and the int8
@@ -53,10 +50,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, store8, zero8
-from .f16 import f16_to_f32
+from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, zero8
+from .f16 import f16_to_f32, f16_to_f32_py
 from .kquant import QK_K, _scale_min_k4
 from .nojit import fallback
+from .q8_avx2 import prefetch
 
 
 class I8x32(types.Type):
@@ -94,6 +92,7 @@ class _F32x8Model(models.PrimitiveModel):
 
 RT = 16    # matmul: rows per tile (even)
 TB = 32    # matmul: tokens per block (each super-block of a tile is unpacked once per block)
+PF_BYTES = 2048   # matvec: prefetch this far ahead of the super-block being read
 PAD = 64   # bytes added to each token's row of permuted activations (see matmul_kquant_avx2)
 
 # Q order: byte 4v + k of a chunk holds position v + 8k (class v in int32 lane v)
@@ -167,11 +166,6 @@ def _maddubs_py(w, x):
     return np.clip(p[0::2] + p[1::2], -32768, 32767).astype(np.int16)
 
 
-def dot_sc_c_py(acc, w, x, xoff, c, coff, sp, spoff):
-    p = (_maddubs_py(w, _fl(x)[xoff: xoff + 32]).astype(np.int32) - _fl(c)[coff: coff + 16]).astype(np.int16)
-    return (acc.astype(np.int64) + _madd_py(p, _fl(sp)[spoff])).astype(np.int32)
-
-
 def dot_su_py(acc, w, x, xoff, sp, spoff):
     p = _maddubs_py(_fl(x)[xoff: xoff + 32].view(np.uint8), w)
     return (acc.astype(np.int64) + _madd_py(p, _fl(sp)[spoff])).astype(np.int32)
@@ -186,23 +180,10 @@ def add8_py(v, c):
     return (v.astype(np.int32) + c).astype(np.uint8)
 
 
-def add_scaled_c_py(s, soff, d, aux, c, coff):
-    add_scaled_py(s, soff, d, (aux.astype(np.int64) - _fl(c)[coff: coff + 8]).astype(np.int32))
-
-
 def dot2_sc_py(acc, w1, w2, x, xoff, sp, spoff):
     p = (_maddubs_py(w1, _fl(x)[xoff: xoff + 32]).astype(np.int32)
          + _maddubs_py(w2, _fl(x)[xoff + 32: xoff + 64])).astype(np.int16)          # vpaddw wraps
     return (acc.astype(np.int64) + _madd_py(p, _fl(sp)[spoff])).astype(np.int32)
-
-
-_NPAIR = [d + 4 * (q // 16) + 8 * ((q % 4) % 2) for q in range(32) for d in [(q % 16) // 4]]
-
-
-def nib_pair_py(a, off):
-    t = _fl(a)[off: off + 16].view(np.uint8)[_NPAIR]
-    hi_bytes = (np.arange(32) % 4) >= 2
-    return np.where(hi_bytes, t >> np.uint8(4), t & np.uint8(15)).astype(np.uint8)
 
 
 def pair_lo_py(a, b):
@@ -213,19 +194,8 @@ def pair_hi_py(a, b):
     return ((a.view("<u4") >> np.uint32(16)) | (b.view("<u4") & np.uint32(0xFFFF0000))).view(np.uint8)
 
 
-def add_scaled_py(s, soff, d, aux):
-    v = _fl(s)[soff: soff + 8]
-    with np.errstate(over="ignore", invalid="ignore"):
-        v[:] = v + np.float32(d) * aux.astype(np.float32)
-
-
 def fzero8_py():
     return np.zeros(8, np.float32)
-
-
-def fadd_scaled_py(s, d, aux):
-    with np.errstate(over="ignore", invalid="ignore"):
-        return s + np.float32(d) * aux.astype(np.float32)
 
 
 def fstore8_py(a, off, v):
@@ -240,12 +210,41 @@ def _k4_words(u0, u1, u2):
             u1 & k1, ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4))
 
 
+def f16x2_py(w, off):
+    h = _fl(w)[off: off + 4].view(np.uint8).copy().view(np.uint16)
+    return f16_to_f32_py(h[0]), f16_to_f32_py(h[1])
+
+
+def _wrap32(v):
+    return np.int32((int(v) + 2**31) % 2**32 - 2**31)                 # int32, wrapping
+
+
 def k4_scales_py(sp, spoff, w, off, a2, a2off):
     u = [int(x) for x in _fl(w)[off: off + 12].view(np.uint8).copy().view("<u4")]
     words = np.array(_k4_words(*u), "<u4").view(np.uint8).astype(np.int64)
-    _fl(sp)[spoff: spoff + 4] = words[:8].astype("<u2").view("<i4")
-    tot = int(np.sum(words[8:] * _fl(a2)[a2off: a2off + 8].astype(np.int64)))
-    return np.int32((tot + 2**31) % 2**32 - 2**31)                  # int32, wrapping
+    _fl(sp)[spoff: spoff + 8] = words[:8] * 65537
+    return _wrap32(np.sum(words[8:] * _fl(a2)[a2off: a2off + 8].astype(np.int64)))
+
+
+def q6_scales_py(sp, spoff, w, off, a, aoff):
+    sc = _fl(w)[off: off + 16].view(np.int8).astype(np.int64)
+    _fl(sp)[spoff: spoff + 16] = ((sc & 65535) | (sc << 16)).astype(np.int64).astype(np.uint32).view(np.int32)
+    return _wrap32(np.sum(sc * _fl(a)[aoff: aoff + 16].astype(np.int64)))
+
+
+def dot_s_py(acc, w, x, xoff, sp, spoff):
+    p = _maddubs_py(w, _fl(x)[xoff: xoff + 32])
+    return (acc.astype(np.int64) + _madd_py(p, _fl(sp)[spoff])).astype(np.int32)
+
+
+def dot_s2_py(acc, w, x, xoff, sp, spoff):
+    p = _maddubs_py(w, _fl(x)[xoff: xoff + 32])
+    m = np.concatenate([_madd_py(p[:8], _fl(sp)[spoff])[:4], _madd_py(p[8:], _fl(sp)[spoff + 1])[:4]])
+    return (acc.astype(np.int64) + m).astype(np.int32)
+
+
+def hsum8_py(v):
+    return _wrap32(np.sum(v.astype(np.int64)))
 
 
 # ---------------------------------------------------------------- intrinsics
@@ -350,24 +349,6 @@ def _madd_sp(context, builder, sig_sp, sp, spoff, p):
     return _x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, builder.bitcast(_splat(builder, _D, s), _W)])
 
 
-@fallback(dot_sc_c_py)
-@intrinsic
-def dot_sc_c(typingctx, acc, w, x, xoff, c, coff, sp, spoff):
-    """acc + vpmaddwd(vpmaddubsw(w unsigned, x.flat[xoff:xoff+32] signed) - c.flat[coff:coff+16]
-    (int16, wrapping), the int32 sp.flat[spoff] as an int16 pair (s0, s1) in every lane): int32
-    lane v += s0 * (int16 lane 2v) + s1 * (int16 lane 2v + 1)."""
-    if not (acc == i32x8 and w == i8x32 and _c_array(x, types.int8) and _int(xoff)
-            and _c_array(c, types.int16) and _int(coff) and _c_array(sp, types.int32) and _int(spoff)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        acc, w, x, xoff, c, coff, sp, spoff = args
-        p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [w, _load(context, builder, sig.args[2], x, xoff, _B)])
-        p = builder.sub(p, _load(context, builder, sig.args[4], c, coff, _W))
-        return builder.add(acc, _madd_sp(context, builder, sig.args[6], sp, spoff, p))
-    return i32x8(acc, w, x, xoff, c, coff, sp, spoff), codegen
-
-
 @fallback(dot_su_py)
 @intrinsic
 def dot_su(typingctx, acc, w, x, xoff, sp, spoff):
@@ -432,25 +413,6 @@ def dot2_sc(typingctx, acc, w1, w2, x, xoff, sp, spoff):
     return i32x8(acc, w1, w2, x, xoff, sp, spoff), codegen
 
 
-@fallback(nib_pair_py)
-@intrinsic
-def nib_pair(typingctx, a, off):
-    """From the 16 packed bytes b = a.flat[off:off+16] (positions p, low nibble: sub-block A, high:
-    B): int32 lane v = (b_v & 15, b_{v+8} & 15, b_v >> 4, b_{v+8} >> 4), i.e. pair_lo (off at a
-    32-byte boundary) or pair_hi (off + 16) of the two sub-blocks' Q orders, in 4 instructions:
-    vbroadcasti128 (a load), vpshufb, vpsrlw and a blend of the nibbles by masks."""
-    if not (_bytes_array(a) and _int(off)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v16 = _load(context, builder, sig.args[0], args[0], args[1], ir.VectorType(ir.IntType(8), 16))
-        t = _shuffle(builder, v16, v16, _NPAIR)
-        lo = builder.and_(t, ir.Constant(_B, [15, 15, 0, 0] * 8))
-        hi = builder.and_(builder.lshr(t, ir.Constant(_B, [4] * 32)), ir.Constant(_B, [0, 0, 15, 15] * 8))
-        return builder.or_(lo, hi)
-    return i8x32(a, off), codegen
-
-
 def _pair(hi_half):
     @intrinsic
     def impl(typingctx, a, b):
@@ -476,41 +438,6 @@ pair_lo.__doc__ = ("int32 lane v of a and b (i8x32) as two int16 halves (a0, a1)
 pair_hi.__doc__ = "-> (a1, b1): both chunks' positions v + 16, v + 24"
 
 
-@fallback(add_scaled_py)
-@intrinsic
-def add_scaled(typingctx, s, soff, d, aux):
-    """s.flat[soff:soff+8] = s + d * float32(aux), lane by lane: one float32 multiply, then one add
-    (plain LLVM fmul / fadd: no fast-math flags, so nothing is contracted into an FMA)."""
-    if not (_c_array(s, types.float32) and _int(soff) and d == types.float32 and aux == i32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        s, soff, d, aux = args
-        old = _load(context, builder, sig.args[0], s, soff, _F)
-        prod = builder.fmul(_splat(builder, _F, d), builder.sitofp(aux, _F))
-        _store(context, builder, sig.args[0], s, soff, builder.fadd(old, prod))
-        return context.get_dummy_value()
-    return types.none(s, soff, d, aux), codegen
-
-
-@fallback(add_scaled_c_py)
-@intrinsic
-def add_scaled_c(typingctx, s, soff, d, aux, c, coff):
-    """add_scaled with aux - c.flat[coff:coff+8] (int32, wrapping) in place of aux."""
-    if not (_c_array(s, types.float32) and _int(soff) and d == types.float32 and aux == i32x8
-            and _c_array(c, types.int32) and _int(coff)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        s, soff, d, aux, c, coff = args
-        aux = builder.sub(aux, _load(context, builder, sig.args[4], c, coff, _D))
-        old = _load(context, builder, sig.args[0], s, soff, _F)
-        prod = builder.fmul(_splat(builder, _F, d), builder.sitofp(aux, _F))
-        _store(context, builder, sig.args[0], s, soff, builder.fadd(old, prod))
-        return context.get_dummy_value()
-    return types.none(s, soff, d, aux, c, coff), codegen
-
-
 @fallback(fzero8_py)
 @intrinsic
 def fzero8(typingctx):
@@ -518,19 +445,6 @@ def fzero8(typingctx):
     def codegen(context, builder, sig, args):
         return ir.Constant(_F, None)
     return f32x8(), codegen
-
-
-@fallback(fadd_scaled_py)
-@intrinsic
-def fadd_scaled(typingctx, s, d, aux):
-    """s + d * float32(aux), lane by lane (fmul then fadd, as add_scaled, on a register value)."""
-    if not (s == f32x8 and d == types.float32 and aux == i32x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        s, d, aux = args
-        return builder.fadd(s, builder.fmul(_splat(builder, _F, d), builder.sitofp(aux, _F)))
-    return f32x8(s, d, aux), codegen
 
 
 @fallback(fstore8_py)
@@ -546,12 +460,108 @@ def fstore8(typingctx, a, off, v):
     return types.none(a, off, v), codegen
 
 
+@fallback(dot_s_py)
+@intrinsic
+def dot_s(typingctx, acc, w, x, xoff, sp, spoff):
+    """acc + vpmaddwd(vpmaddubsw(w unsigned, x.flat[xoff:xoff+32] signed), the int32 sp.flat[spoff]
+    as an int16 pair in every lane)."""
+    if not (acc == i32x8 and w == i8x32 and _c_array(x, types.int8) and _int(xoff)
+            and _c_array(sp, types.int32) and _int(spoff)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, w, x, xoff, sp, spoff = args
+        p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [w, _load(context, builder, sig.args[2], x, xoff, _B)])
+        return builder.add(acc, _madd_sp(context, builder, sig.args[4], sp, spoff, p))
+    return i32x8(acc, w, x, xoff, sp, spoff), codegen
+
+
+@fallback(dot_s2_py)
+@intrinsic
+def dot_s2(typingctx, acc, w, x, xoff, sp, spoff):
+    """As dot_s with sp.flat[spoff] in int32 lanes 0-3 (bytes 0-15 of w: positions 0..15) and
+    sp.flat[spoff + 1] in lanes 4-7 (positions 16..31): q6_K's scales cover 16 weights."""
+    if not (acc == i32x8 and w == i8x32 and _c_array(x, types.int8) and _int(xoff)
+            and _c_array(sp, types.int32) and _int(spoff)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, w, x, xoff, sp, spoff = args
+        p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [w, _load(context, builder, sig.args[2], x, xoff, _B)])
+        two = _load(context, builder, sig.args[4], sp, spoff, ir.VectorType(ir.IntType(32), 2))
+        sv = builder.bitcast(_shuffle(builder, two, two, [0, 0, 0, 0, 1, 1, 1, 1]), _W)
+        return builder.add(acc, _x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, sv]))
+    return i32x8(acc, w, x, xoff, sp, spoff), codegen
+
+
+def _hsum(builder, v):
+    """The sum of the 8 int32 lanes of v (wrapping)."""
+    v4 = builder.add(_shuffle(builder, v, v, [0, 1, 2, 3]), _shuffle(builder, v, v, [4, 5, 6, 7]))
+    v2 = builder.add(_shuffle(builder, v4, v4, [0, 1]), _shuffle(builder, v4, v4, [2, 3]))
+    i32 = ir.IntType(32)
+    return builder.add(builder.extract_element(v2, ir.Constant(i32, 0)), builder.extract_element(v2, ir.Constant(i32, 1)))
+
+
+@fallback(f16x2_py)
+@intrinsic
+def f16x2(typingctx, w, off):
+    """The two f16 at bytes off .. off + 3 of w, as float32 (one 32-bit load, one vcvtph2ps)."""
+    if not (_bytes_array(w) and _int(off)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        h2 = _load(context, builder, sig.args[0], args[0], args[1], ir.VectorType(ir.HalfType(), 2))
+        f2 = builder.fpext(h2, ir.VectorType(ir.FloatType(), 2))
+        i32 = ir.IntType(32)
+        return context.make_tuple(builder, sig.return_type, [builder.extract_element(f2, ir.Constant(i32, k)) for k in range(2)])
+    return types.UniTuple(types.float32, 2)(w, off), codegen
+
+
+@fallback(hsum8_py)
+@intrinsic
+def hsum8(typingctx, v):
+    """The sum of the eight int32 lanes of v (an exact integer here: every total is below 2^31)."""
+    if v != i32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _hsum(builder, args[0])
+    return types.int32(v), codegen
+
+
+def _barrier(builder):
+    """A compiler memory barrier: the kernels then read the stored scale pairs back with
+    vpbroadcastd from memory (a load) instead of LLVM forwarding the stored vector into shuffles."""
+    builder.asm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", [], side_effect=True)
+
+
+def _k4_lanes(context, builder, wty, w, off, aty, a2, a2off):
+    """ggml's get_scale_min_k4 for all eight sub-blocks at once, on 32-bit words of the 12 scale
+    bytes w.flat[off:off+12]: (sc_j | sc_j << 16 in int32 lane j, m_j * a2.flat[a2off + j])."""
+    i32 = ir.IntType(32)
+    p = builder.bitcast(_elem_ptr(context, builder, wty, w, off), i32.as_pointer())
+    u0, u1, u2 = (builder.load(builder.gep(p, [ir.Constant(i32, k)]), align=1) for k in range(3))
+    c = lambda v: ir.Constant(i32, v)
+    and_, or_, shl, lshr = builder.and_, builder.or_, builder.shl, builder.lshr
+    k1, k2, k3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
+    words = (and_(u0, k1), or_(and_(u2, k2), shl(and_(lshr(u0, c(6)), k3), c(4))),
+             and_(u1, k1), or_(and_(lshr(u2, c(4)), k2), shl(and_(lshr(u1, c(6)), k3), c(4))))
+
+    def lanes(lo, hi):
+        v2 = ir.VectorType(i32, 2)
+        v = builder.insert_element(builder.insert_element(ir.Constant(v2, None), lo, c(0)), hi, c(1))
+        return builder.zext(builder.bitcast(v, ir.VectorType(ir.IntType(8), 8)), _D)
+    sc = lanes(words[0], words[1])
+    sc = builder.or_(sc, builder.shl(sc, ir.Constant(_D, [16] * 8)))
+    return sc, builder.mul(lanes(words[2], words[3]), _load(context, builder, aty, a2, a2off, _D))
+
+
 @fallback(k4_scales_py)
 @intrinsic
 def k4_scales(typingctx, sp, spoff, w, off, a2, a2off):
     """From the 12 scale bytes w.flat[off:off+12] of a q4_K / q5_K super-block (ggml's
-    get_scale_min_k4 for all eight sub-blocks at once, on 32-bit words): sp.flat[spoff + c] =
-    sc_2c | sc_2c+1 << 16 (the vpmaddwd pair of sub-blocks 2c, 2c + 1, c < 4), and return
+    get_scale_min_k4 for all eight sub-blocks at once, on 32-bit words): sp.flat[spoff + j] =
+    sc_j | sc_j << 16 (sub-block j's scale as a vpmaddwd pair, j < 8), and return
     sum_j m_j * a2.flat[a2off + j] (int32, exact: m_j <= 63 and the sub-block activation sums are
     at most 32 * 127)."""
     if not (_c_array(sp, types.int32) and _int(spoff) and _bytes_array(w) and _int(off)
@@ -560,59 +570,61 @@ def k4_scales(typingctx, sp, spoff, w, off, a2, a2off):
 
     def codegen(context, builder, sig, args):
         sp, spoff, w, off, a2, a2off = args
-        i32 = ir.IntType(32)
-        p = builder.bitcast(_elem_ptr(context, builder, sig.args[2], w, off), i32.as_pointer())
-        u0, u1, u2 = (builder.load(builder.gep(p, [ir.Constant(i32, k)]), align=1) for k in range(3))
-        c = lambda v: ir.Constant(i32, v)
-        and_, or_, shl, lshr = builder.and_, builder.or_, builder.shl, builder.lshr
-        k1, k2, k3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
-        words = (and_(u0, k1), or_(and_(u2, k2), shl(and_(lshr(u0, c(6)), k3), c(4))),
-                 and_(u1, k1), or_(and_(lshr(u2, c(4)), k2), shl(and_(lshr(u1, c(6)), k3), c(4))))
-
-        def lanes(lo, hi):
-            v2 = ir.VectorType(i32, 2)
-            v = builder.insert_element(builder.insert_element(ir.Constant(v2, None), lo, c(0)), hi, c(1))
-            return builder.zext(builder.bitcast(v, ir.VectorType(ir.IntType(8), 8)), _D)
-        v2 = ir.VectorType(i32, 2)
-        b8 = builder.insert_element(builder.insert_element(ir.Constant(v2, None), words[0], c(0)), words[1], c(1))
-        sc = builder.zext(builder.bitcast(b8, ir.VectorType(ir.IntType(8), 8)), ir.VectorType(ir.IntType(16), 8))
-        _store(context, builder, sig.args[0], sp, spoff, builder.bitcast(sc, ir.VectorType(i32, 4)))
-        # a compiler memory barrier: the kernels then read the pairs back with vpbroadcastd from
-        # memory (a load) instead of LLVM forwarding the stored vector into register shuffles
-        builder.asm(ir.FunctionType(ir.VoidType(), []), "", "~{memory}", [], side_effect=True)
-        prod = builder.mul(lanes(words[2], words[3]), _load(context, builder, sig.args[4], a2, a2off, _D))
-        v4 = builder.add(_shuffle(builder, prod, prod, [0, 1, 2, 3]), _shuffle(builder, prod, prod, [4, 5, 6, 7]))
-        v2 = builder.add(_shuffle(builder, v4, v4, [0, 1]), _shuffle(builder, v4, v4, [2, 3]))
-        return builder.add(builder.extract_element(v2, c(0)), builder.extract_element(v2, c(1)))
+        sc, prod = _k4_lanes(context, builder, sig.args[2], w, off, sig.args[4], a2, a2off)
+        _store(context, builder, sig.args[0], sp, spoff, sc)
+        _barrier(builder)
+        return _hsum(builder, prod)
     return types.int32(sp, spoff, w, off, a2, a2off), codegen
+
+
+@fallback(q6_scales_py)
+@intrinsic
+def q6_scales(typingctx, sp, spoff, w, off, a, aoff):
+    """From the 16 int8 scales w.flat[off:off+16] of a q6_K super-block: sp.flat[spoff + g] = the
+    scale s_g as a vpmaddwd pair (s_g, s_g), and return sum_g s_g * a.flat[aoff + g] (int32, exact:
+    |s_g| <= 128, the 16-sums of the activations at most 16 * 127)."""
+    if not (_c_array(sp, types.int32) and _int(spoff) and _bytes_array(w) and _int(off)
+            and _c_array(a, types.int32) and _int(aoff)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        sp, spoff, w, off, a, aoff = args
+        b16 = _load(context, builder, sig.args[2], w, off, ir.VectorType(ir.IntType(8), 16))
+        lo = builder.sext(_shuffle(builder, b16, b16, list(range(8))), _D)
+        hi = builder.sext(_shuffle(builder, b16, b16, list(range(8, 16))), _D)
+        m16 = ir.Constant(_D, [65535] * 8)
+        s16 = ir.Constant(_D, [16] * 8)
+        _store(context, builder, sig.args[0], sp, spoff, builder.or_(builder.and_(lo, m16), builder.shl(lo, s16)))
+        _store(context, builder, sig.args[0], sp, builder.add(spoff, ir.Constant(spoff.type, 8)),
+               builder.or_(builder.and_(hi, m16), builder.shl(hi, s16)))
+        _barrier(builder)
+        prod = builder.add(builder.mul(lo, _load(context, builder, sig.args[4], a, aoff, _D)),
+                           builder.mul(hi, _load(context, builder, sig.args[4], a,
+                                                 builder.add(aoff, ir.Constant(aoff.type, 8)), _D)))
+        return _hsum(builder, prod)
+    return types.int32(sp, spoff, w, off, a, aoff), codegen
 
 
 # ---------------------------------------------------------------- activations
 
 @njit(cache=True)
-def permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum):
+def permute_q8_K(xq2, xqu, asum2, aq, asum):
     """From quantize_q8_K's aq [T, K] int8 and asum [T, K/16], per token:
-      xqq [T, K] int8: each 32-chunk in Q order (q6_K's kernels and every matvec);
       xq2 [T, K] int8: each 64 elements (chunks A, B) as pair_lo, pair_hi of their Q orders: byte
         4v + k of the first 32 holds A_v, A_{v+8}, B_v, B_{v+8} (k = 0..3), of the second A_{v+16},
         A_{v+24}, B_{v+16}, B_{v+24} (the q4_K / q5_K matmul);
-      xqu [T, K] uint8: xqq + 128 (q6_K's matmul: the activations as vpmaddubsw's unsigned side);
-      corr [T, K/2] int16: int16 lane 2v (2v + 1) of a chunk = 32 * (a_v + a_{v+8})
-        (32 * (a_{v+16} + a_{v+24})), what q6_K's -32 takes from vpmaddubsw's lanes;
-      asum2 [T, K/32] int32: sums of the 32-element sub-blocks (asum[t, 2j] + asum[t, 2j + 1]),
-        what the minimums of q4_K / q5_K multiply."""
+      xqu [T, K] uint8: each 32-chunk in Q order, + 128 (q6_K's matmul: the activations as
+        vpmaddubsw's unsigned side);
+      asum2 [T, K/32] int32: sums of the 32-element sub-blocks (what the minimums of q4_K / q5_K
+        multiply; pair_sums)."""
     T, K = aq.shape
+    pair_sums(asum2, asum)
     for t in range(T):
         for ch in range(K // 32):
             o = 32 * ch
             for v in range(8):
                 for k in range(4):
-                    xqq[t, o + 4 * v + k] = aq[t, o + v + 8 * k]
                     xqu[t, o + 4 * v + k] = np.uint8(np.int32(aq[t, o + v + 8 * k]) + 128)
-                for h in range(2):
-                    s = np.int32(aq[t, o + v + 16 * h]) + np.int32(aq[t, o + v + 16 * h + 8])
-                    corr[t, 16 * ch + 2 * v + h] = np.int16(32 * s)
-            asum2[t, ch] = asum[t, 2 * ch] + asum[t, 2 * ch + 1]
         for c in range(K // 64):
             o = 64 * c
             for v in range(8):
@@ -625,7 +637,15 @@ def permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum):
                     xq2[t, q + 3] = aq[t, p + 40]
 
 
-# ---------------------------------------------------------------- weights: 32-chunks in Q order
+@njit(cache=True)
+def pair_sums(asum2, asum):
+    """asum2 [T, K/32] = asum[:, 0::2] + asum[:, 1::2]: the 32-element sub-block sums."""
+    for t in range(asum2.shape[0]):
+        for j in range(asum2.shape[1]):
+            asum2[t, j] = asum[t, 2 * j] + asum[t, 2 * j + 1]
+
+
+# ---------------------------------------------------------------- weights: 32-chunks in Q order (matmul)
 
 @njit(cache=True, inline="always")
 def _k45_pair(w, qo, qh, c, high):
@@ -642,17 +662,18 @@ def _k45_pair(w, qo, qh, c, high):
 
 
 @njit(cache=True, inline="always")
-def _q6_pair(w, o, qh, h, k2):
+def _q6_pair(w, o, qh, h, k2, load):
     """Chunks 4h + k2 and 4h + k2 + 2 of the q6_K super-block at flat offset o (qh: its 32 bytes
-    of 2-bit planes 128 + 32h.., in Q order) as two i8x32 of q = 0..63 (value q - 32), in Q order."""
-    v = loadq(w, o + 64 * h + 32 * k2)
+    of 2-bit planes 128 + 32h.., loaded by ``load``) as two i8x32 of q = 0..63 (value q - 32), in
+    the order of ``load`` (loadq: Q order, load32: as stored)."""
+    v = load(w, o + 64 * h + 32 * k2)
     return (or32(nib_lo(v), hbits(qh, 2 * k2, 3)), or32(nib_hi(v), hbits(qh, 2 * k2 + 4, 3)))
 
 
 @njit(cache=True, inline="always")
 def _q6_scales(sp, spo, w, r, o):
-    """The 16 int8 scales of a q6_K super-block as vpmaddwd pairs: sp[spo + ch] holds scale 2ch
-    (positions 0..15 of chunk ch) in its low int16 and scale 2ch + 1 in its high int16."""
+    """The 16 int8 scales of a q6_K super-block as vpmaddwd pairs for Q order: sp[spo + ch] holds
+    scale 2ch (positions 0..15 of chunk ch) in its low int16 and scale 2ch + 1 in its high int16."""
     for ch in range(8):
         s0 = np.int32(np.int8(w[r, o + 192 + 2 * ch]))
         s1 = np.int32(np.int8(w[r, o + 193 + 2 * ch]))
@@ -669,79 +690,87 @@ def _f16_at(w, r, o):
 # ---------------------------------------------------------------- decode: one token
 
 @njit(cache=True, inline="always")
-def _matvec_row_k45(w, r, xq2, ad, asum2, sp, sums, bpb, high):
-    """The generic q4_K / q5_K dot of row r with token 0, straight from the stored bytes: per pair
-    of sub-blocks one dot2_sc (as the matmul, see _tile_dots45)."""
+def _matvec_row_k45(w, r, aq, ad, asum2, sp, bpb, high):
+    """kernel_dot of q4_K / q5_K row r with token 0, straight from the stored bytes: per sub-block
+    one vpmaddubsw of its 32 values (as stored) with the activations and one vpmaddwd by its scale;
+    the super-block's integer sum is the sum of the accumulator's eight lanes."""
     nb = w.shape[1] // bpb
     row0 = r * w.shape[1]
-    sv = fzero8()
     sumf = np.float32(0.0)
     for i in range(nb):
         o = i * bpb
-        sumi = k4_scales(sp, 0, w, row0 + o + 4, asum2, 8 * i)
+        pf = row0 + o + PF_BYTES
+        prefetch(w, pf)
+        prefetch(w, pf + 64)
+        prefetch(w, pf + 128)
+        summ = k4_scales(sp, 0, w, row0 + o + 4, asum2, 8 * i)
         acc = zero8()
         qo = row0 + o + bpb - 128
         xo = QK_K * i
         if high:
-            qh = loadq(w, row0 + o + 16)
+            qh = load32(w, row0 + o + 16)
             for c in range(4):
-                lo, hi = _k45_pair(w, qo, qh, c, high)
-                acc = dot2_sc(acc, pair_lo(lo, hi), pair_hi(lo, hi), xq2, xo + 64 * c, sp, c)
+                v = load32(w, qo + 32 * c)
+                acc = dot_s(acc, or32(nib_lo(v), hbits(qh, 2 * c, 1)), aq, xo + 64 * c, sp, 2 * c)
+                acc = dot_s(acc, or32(nib_hi(v), hbits(qh, 2 * c + 1, 1)), aq, xo + 64 * c + 32, sp, 2 * c + 1)
         else:
             for c in range(4):
-                acc = dot2_sc(acc, nib_pair(w, qo + 32 * c), nib_pair(w, qo + 32 * c + 16), xq2, xo + 64 * c, sp, c)
-        sv = fadd_scaled(sv, np.float32(_f16_at(w, r, o) * ad[0, i]), acc)
-        dmin = np.float32(_f16_at(w, r, o + 2) * ad[0, i])
-        sumf = np.float32(sumf - np.float32(dmin * np.float32(sumi)))
-    fstore8(sums, 0, sv)
-    for l in range(8):
-        sumf = np.float32(sumf + sums[l])
+                v = load32(w, qo + 32 * c)
+                acc = dot_s(acc, nib_lo(v), aq, xo + 64 * c, sp, 2 * c)
+                acc = dot_s(acc, nib_hi(v), aq, xo + 64 * c + 32, sp, 2 * c + 1)
+        d8 = ad[0, i]
+        d, dmin = f16x2(w, row0 + o)
+        sumf = np.float32(sumf + np.float32(d * d8) * np.float32(hsum8(acc)))
+        sumf = np.float32(sumf - np.float32(dmin * d8) * np.float32(summ))
     return sumf
 
 
 @njit(cache=True, inline="always")
-def _matvec_row_q6(w, r, xqq, ad, corr, sp, sums):
-    """The generic q6_K dot of row r with token 0, straight from the stored bytes."""
+def _matvec_row_q6(w, r, aq, ad, asum, sp):
+    """kernel_dot of q6_K row r with token 0, straight from the stored bytes: vpmaddubsw of q (0..63)
+    with the activations, vpmaddwd by the two scales of each 32 values; the -32 is taken once per
+    super-block as 32 * sum(scale * 16-sum of the activations), from q8_K's sums."""
     nb = w.shape[1] // 210
     row0 = r * w.shape[1]
-    sv = fzero8()
-    for i in range(nb):
-        o = i * 210
-        _q6_scales(sp, 0, w, r, o)
-        acc = zero8()
-        for h in range(2):
-            qh = loadq(w, row0 + o + 128 + 32 * h)
-            for k2 in range(2):
-                a, b = _q6_pair(w, row0 + o, qh, h, k2)
-                ch = 4 * h + k2
-                acc = dot_sc_c(acc, a, xqq, QK_K * i + 32 * ch, corr, 128 * i + 16 * ch, sp, ch)
-                acc = dot_sc_c(acc, b, xqq, QK_K * i + 32 * ch + 64, corr, 128 * i + 16 * ch + 32, sp, ch + 2)
-        sv = fadd_scaled(sv, np.float32(_f16_at(w, r, o + 208) * ad[0, i]), acc)
-    fstore8(sums, 0, sv)
     sumf = np.float32(0.0)
-    for l in range(8):
-        sumf = np.float32(sumf + sums[l])
+    for i in range(nb):
+        o = row0 + i * 210
+        prefetch(w, o + PF_BYTES)
+        prefetch(w, o + PF_BYTES + 64)
+        prefetch(w, o + PF_BYTES + 128)
+        prefetch(w, o + PF_BYTES + 192)
+        c32 = q6_scales(sp, 0, w, o + 192, asum, 16 * i)
+        acc = zero8()
+        xo = QK_K * i
+        for h in range(2):
+            qh = load32(w, o + 128 + 32 * h)
+            for k2 in range(2):
+                a, b = _q6_pair(w, o, qh, h, k2, load32)
+                ch = 4 * h + k2
+                acc = dot_s2(acc, a, aq, xo + 32 * ch, sp, 2 * ch)
+                acc = dot_s2(acc, b, aq, xo + 32 * ch + 64, sp, 2 * ch + 4)
+        isum = hsum8(acc) - 32 * c32
+        sumf = np.float32(sumf + np.float32(_f16_at(w, r, i * 210 + 208) * ad[0, i]) * np.float32(isum))
     return sumf
 
 
-@njit(cache=True, parallel=True)  # no fastmath: the float part must be the generic dot's
-def matvec_kquant_avx2(out, sp_sc, sums_sc, w, xqq, xq2, ad, asum2, corr, kind):
+@njit(cache=True, parallel=True)  # no fastmath: the float part must be kernel_dot's
+def matvec_kquant_avx2(out, sp_sc, w, aq, ad, asum, asum2, kind):
     """out [n_out] = each q4_K (kind 4) / q5_K (5) / q6_K (6) row of w dotted with one token's
-    q8_K activations (xqq, xq2, corr, asum2 from permute_q8_K, ad from quantize_q8_K), bit for bit as
-    kernels.kquant.matmul_kquant. Per-range scratch: sp_sc [n_ranges, >= 8] int32, sums_sc [n_ranges, >= 8]
-    float32."""
+    q8_K activations (aq, ad, asum from quantize_q8_K, asum2 from pair_sums), bit for bit as
+    kernels.kquant.matmul_kquant (glmcpu.kquants.kernel_dot). Per-range scratch sp_sc
+    [n_ranges, >= 16] int32."""
     n_out = w.shape[0]
     bpb = 144 if kind == 4 else (176 if kind == 5 else 210)
     n_ranges = sp_sc.shape[0]
     per = (n_out + n_ranges - 1) // n_ranges
     for c in prange(n_ranges):
         sp = sp_sc[c]
-        sums = sums_sc[c]
         for r in range(c * per, min(n_out, (c + 1) * per)):
             if kind == 6:
-                out[r] = _matvec_row_q6(w, r, xqq, ad, corr, sp, sums)
+                out[r] = _matvec_row_q6(w, r, aq, ad, asum, sp)
             else:
-                out[r] = _matvec_row_k45(w, r, xq2, ad, asum2, sp, sums, bpb, kind == 5)
+                out[r] = _matvec_row_k45(w, r, aq, ad, asum2, sp, bpb, kind == 5)
 
 
 # ---------------------------------------------------------------- prefill: T tokens
@@ -750,7 +779,7 @@ def matvec_kquant_avx2(out, sp_sc, sums_sc, w, xqq, xq2, ad, asum2, corr, kind):
 def _unpack_tile(wq, sp, mn, dd, w, r0, nr, RT, i, kind):
     """Super-block i of rows r0 .. r0 + nr into the tile scratch wq[256 r ..], sp[8 r ..], mn, dd:
       q6_K: the 8 chunks of q - 32 (signed bytes) in Q order, sp[8 r + ch] the chunk's scale pair,
-        mn[8 r + l] = 128 * sum over class l of scale * (q - 32) (what the activations' +128 adds);
+        mn[8 r] = 128 * sum of scale * (q - 32) over the super-block (what the activations' +128 adds);
       q4_K / q5_K: per pair c of sub-blocks (2c, 2c + 1), 64 bytes pair_lo, pair_hi of their Q-ordered
         values (int16 lane 2v: sub-block 2c's class v, 2v + 1: sub-block 2c + 1's), sp[8 r + c] =
         (sc_2c, sc_2c+1), mn[RT j + r] = m_j, dd[RT + r] = dmin;
@@ -768,14 +797,14 @@ def _unpack_tile(wq, sp, mn, dd, w, r0, nr, RT, i, kind):
             for h in range(2):
                 qh = loadq(w, base + 128 + 32 * h)
                 for k2 in range(2):
-                    a, b = _q6_pair(w, base, qh, h, k2)
+                    a, b = _q6_pair(w, base, qh, h, k2, loadq)
                     a = add8(a, -32)
                     b = add8(b, -32)
                     ch = 4 * h + k2
                     cw = dot_c128(dot_c128(cw, a, sp, 8 * r + ch), b, sp, 8 * r + ch + 2)
                     store32(wq, 256 * r + 32 * ch, a)
                     store32(wq, 256 * r + 32 * ch + 64, b)
-            store8(mn, 8 * r, cw)
+            mn[8 * r] = hsum8(cw)
         else:
             for j in range(8):
                 sc, m = _scale_min_k4(w, rr, o, j)
@@ -800,11 +829,17 @@ def _unpack_tile(wq, sp, mn, dd, w, r0, nr, RT, i, kind):
 
 
 @njit(cache=True, inline="always")
-def _tile_dots45(sums, wq, sp, dd, xq2, ad, t0, nt, i, RT):
-    """q4_K / q5_K: sums[8 (t RT + r) + l] += (d_r * d8) * aux[l] for the tile's rows r and tokens
-    t0 + t, t < nt. Per pair of sub-blocks, two vpmaddubsw summed in int16 (at most 4 * 31 * 127 =
-    15748) and one vpmaddwd by the pair's scales. Register tile: 1 row (its 8 weight vectors stay
-    in registers) x 8 tokens (activations straight from memory as vpmaddubsw's second operand)."""
+def _add_isum(sumf, q, d, isum):
+    """sumf[q] += d * float32(isum): kernel_dot's step for one super-block of one row and token."""
+    sumf[q] = np.float32(sumf[q] + np.float32(d * np.float32(isum)))
+
+
+@njit(cache=True, inline="always")
+def _tile_dots45(sumf, wq, sp, dd, xq2, ad, t0, nt, i, RT):
+    """q4_K / q5_K: sumf[t RT + r] += (d_r * d8) * isum for the tile's rows r and tokens t0 + t,
+    t < nt. Per pair of sub-blocks, two vpmaddubsw summed in int16 (at most 4 * 31 * 127 = 15748)
+    and one vpmaddwd by the pair's scales. Register tile: 1 row (its 8 weight vectors stay in
+    registers) x 8 tokens (activations straight from memory as vpmaddubsw's second operand)."""
     K = xq2.shape[1]          # token stride (rows may be padded)
     for r in range(RT):
         w0 = 256 * r
@@ -833,36 +868,36 @@ def _tile_dots45(sums, wq, sp, dd, xq2, ad, t0, nt, i, RT):
                 a5 = dot2_sc(a5, u1, u2, xq2, x + 5 * K, sp, s0 + c)
                 a6 = dot2_sc(a6, u1, u2, xq2, x + 6 * K, sp, s0 + c)
                 a7 = dot2_sc(a7, u1, u2, xq2, x + 7 * K, sp, s0 + c)
-            _scale8(sums, dr, ad, t0, t, i, RT, r, a0, a1, a2, a3, a4, a5, a6, a7)
+            _scale8(sumf, dr, ad, t0, t, i, RT, r, a0, a1, a2, a3, a4, a5, a6, a7)
             t += 8
         while t < nt:
             a0 = zero8()
             xo = (t0 + t) * K + QK_K * i
             for c in range(4):
                 a0 = dot2_sc(a0, load32(wq, w0 + 64 * c), load32(wq, w0 + 64 * c + 32), xq2, xo + 64 * c, sp, s0 + c)
-            add_scaled(sums, 8 * (t * RT + r), np.float32(dr * ad[t0 + t, i]), a0)
+            _add_isum(sumf, t * RT + r, np.float32(dr * ad[t0 + t, i]), hsum8(a0))
             t += 1
 
 
 @njit(cache=True, inline="always")
-def _scale8(sums, dr, ad, t0, t, i, RT, r, a0, a1, a2, a3, a4, a5, a6, a7):
-    """sums[8 ((t + k) RT + r) + l] += (d_r * d8_{t+k}) * aux_k[l] for k < 8."""
-    add_scaled(sums, 8 * (t * RT + r), np.float32(dr * ad[t0 + t, i]), a0)
-    add_scaled(sums, 8 * ((t + 1) * RT + r), np.float32(dr * ad[t0 + t + 1, i]), a1)
-    add_scaled(sums, 8 * ((t + 2) * RT + r), np.float32(dr * ad[t0 + t + 2, i]), a2)
-    add_scaled(sums, 8 * ((t + 3) * RT + r), np.float32(dr * ad[t0 + t + 3, i]), a3)
-    add_scaled(sums, 8 * ((t + 4) * RT + r), np.float32(dr * ad[t0 + t + 4, i]), a4)
-    add_scaled(sums, 8 * ((t + 5) * RT + r), np.float32(dr * ad[t0 + t + 5, i]), a5)
-    add_scaled(sums, 8 * ((t + 6) * RT + r), np.float32(dr * ad[t0 + t + 6, i]), a6)
-    add_scaled(sums, 8 * ((t + 7) * RT + r), np.float32(dr * ad[t0 + t + 7, i]), a7)
+def _scale8(sumf, dr, ad, t0, t, i, RT, r, a0, a1, a2, a3, a4, a5, a6, a7):
+    """sumf[(t + k) RT + r] += (d_r * d8_{t+k}) * isum_k for k < 8 (isum_k: the lanes of a_k summed)."""
+    _add_isum(sumf, t * RT + r, np.float32(dr * ad[t0 + t, i]), hsum8(a0))
+    _add_isum(sumf, (t + 1) * RT + r, np.float32(dr * ad[t0 + t + 1, i]), hsum8(a1))
+    _add_isum(sumf, (t + 2) * RT + r, np.float32(dr * ad[t0 + t + 2, i]), hsum8(a2))
+    _add_isum(sumf, (t + 3) * RT + r, np.float32(dr * ad[t0 + t + 3, i]), hsum8(a3))
+    _add_isum(sumf, (t + 4) * RT + r, np.float32(dr * ad[t0 + t + 4, i]), hsum8(a4))
+    _add_isum(sumf, (t + 5) * RT + r, np.float32(dr * ad[t0 + t + 5, i]), hsum8(a5))
+    _add_isum(sumf, (t + 6) * RT + r, np.float32(dr * ad[t0 + t + 6, i]), hsum8(a6))
+    _add_isum(sumf, (t + 7) * RT + r, np.float32(dr * ad[t0 + t + 7, i]), hsum8(a7))
 
 
 @njit(cache=True, inline="always")
-def _tile_dots6(sums, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
+def _tile_dots6(sumf, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
     """q6_K: as _tile_dots45 with vpmaddubsw's roles swapped, activations + 128 (unsigned, xqu) times
     q - 32 (signed, wq), one vpmaddwd per chunk (q6_K's scales cover 16 elements: a class has two
     elements per scale, nothing more to sum in int16); each pair sum is at most 2 * 255 * 32 in
-    magnitude. The +128 is taken back per row: aux = sum - cw[8 r ..] (see _unpack_tile).
+    magnitude. The +128 is taken back per row: isum = sum - cw[8 r] (see _unpack_tile).
     Register tile: 2 rows x 4 tokens."""
     K = xqu.shape[1]          # token stride (rows may be padded)
     for rp in range(0, RT, 2):
@@ -870,6 +905,8 @@ def _tile_dots6(sums, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
         w1 = w0 + 256
         s0 = 8 * rp
         s1 = s0 + 8
+        c0 = cw[s0]
+        c1 = cw[s1]
         t = 0
         while t + 4 <= nt:
             a0 = zero8()
@@ -893,8 +930,8 @@ def _tile_dots6(sums, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
                 b1 = dot_su(b1, v, xqu, x + K, sp, s1 + j)
                 b2 = dot_su(b2, v, xqu, x + 2 * K, sp, s1 + j)
                 b3 = dot_su(b3, v, xqu, x + 3 * K, sp, s1 + j)
-            _scale4c(sums, dd[rp], ad, t0, t, i, RT, rp, cw, a0, a1, a2, a3)
-            _scale4c(sums, dd[rp + 1], ad, t0, t, i, RT, rp + 1, cw, b0, b1, b2, b3)
+            _scale4c(sumf, dd[rp], ad, t0, t, i, RT, rp, c0, a0, a1, a2, a3)
+            _scale4c(sumf, dd[rp + 1], ad, t0, t, i, RT, rp + 1, c1, b0, b1, b2, b3)
             t += 4
         while t < nt:
             a0 = zero8()
@@ -904,18 +941,18 @@ def _tile_dots6(sums, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
                 a0 = dot_su(a0, load32(wq, w0 + 32 * j), xqu, xo + 32 * j, sp, s0 + j)
                 b0 = dot_su(b0, load32(wq, w1 + 32 * j), xqu, xo + 32 * j, sp, s1 + j)
             e = ad[t0 + t, i]
-            add_scaled_c(sums, 8 * (t * RT + rp), np.float32(dd[rp] * e), a0, cw, s0)
-            add_scaled_c(sums, 8 * (t * RT + rp + 1), np.float32(dd[rp + 1] * e), b0, cw, s1)
+            _add_isum(sumf, t * RT + rp, np.float32(dd[rp] * e), hsum8(a0) - c0)
+            _add_isum(sumf, t * RT + rp + 1, np.float32(dd[rp + 1] * e), hsum8(b0) - c1)
             t += 1
 
 
 @njit(cache=True, inline="always")
-def _scale4c(sums, dr, ad, t0, t, i, RT, r, cw, a0, a1, a2, a3):
-    """sums[8 ((t + k) RT + r) + l] += (d_r * d8_{t+k}) * (aux_k[l] - cw[8 r + l]) for k < 4."""
-    add_scaled_c(sums, 8 * (t * RT + r), np.float32(dr * ad[t0 + t, i]), a0, cw, 8 * r)
-    add_scaled_c(sums, 8 * ((t + 1) * RT + r), np.float32(dr * ad[t0 + t + 1, i]), a1, cw, 8 * r)
-    add_scaled_c(sums, 8 * ((t + 2) * RT + r), np.float32(dr * ad[t0 + t + 2, i]), a2, cw, 8 * r)
-    add_scaled_c(sums, 8 * ((t + 3) * RT + r), np.float32(dr * ad[t0 + t + 3, i]), a3, cw, 8 * r)
+def _scale4c(sumf, dr, ad, t0, t, i, RT, r, c, a0, a1, a2, a3):
+    """sumf[(t + k) RT + r] += (d_r * d8_{t+k}) * (isum_k - c) for k < 4."""
+    _add_isum(sumf, t * RT + r, np.float32(dr * ad[t0 + t, i]), hsum8(a0) - c)
+    _add_isum(sumf, (t + 1) * RT + r, np.float32(dr * ad[t0 + t + 1, i]), hsum8(a1) - c)
+    _add_isum(sumf, (t + 2) * RT + r, np.float32(dr * ad[t0 + t + 2, i]), hsum8(a2) - c)
+    _add_isum(sumf, (t + 3) * RT + r, np.float32(dr * ad[t0 + t + 3, i]), hsum8(a3) - c)
 
 
 @njit(cache=True, inline="always")
@@ -923,8 +960,8 @@ def _tile_mins(sumf, mn, dd, asum2, ad, t0, nt, i, RT):
     """sumf[t RT + r] -= (dmin_r * d8) * sumi_r for the tile's rows r and tokens t0 + t, sumi_r =
     sum_j m_{r,j} * (sum of sub-block j's activations) (mn[RT j + r] = m_{r,j}), summed in float32:
     exact, as every product (<= 63 * 32 * 127) and partial sum (< 2^21) is an integer below 2^24.
-    The loop runs over rows, so LLVM vectorizes it; each row's float operations are the generic
-    dot's, in its order."""
+    The loop runs over rows, so LLVM vectorizes it; each row's float operations are kernel_dot's,
+    in its order (after the super-block's isum term)."""
     o = 8 * i
     for t in range(nt):
         a = ad[t0 + t, i]
@@ -946,16 +983,15 @@ def _tile_mins(sumf, mn, dd, asum2, ad, t0, nt, i, RT):
             sumf[t * RT + r] = np.float32(sumf[t * RT + r] - np.float32(dmin * sumi))
 
 
-@njit(cache=True, parallel=True)  # no fastmath: the float part must be the generic dot's
-def matmul_kquant_avx2(out, wq_sc, sp_sc, mn_sc, dd_sc, sums_sc, sumf_sc, w, xq2, xqu, ad, asum2, kind):
+@njit(cache=True, parallel=True)  # no fastmath: the float part must be kernel_dot's
+def matmul_kquant_avx2(out, wq_sc, sp_sc, mn_sc, dd_sc, sumf_sc, w, xq2, xqu, ad, asum2, kind):
     """out [T, n_out] = each q4_K (kind 4) / q5_K (5) / q6_K (6) row of w dotted with each token's
     q8_K activations (xq2, xqu, asum2 from permute_q8_K, ad from quantize_q8_K), bit for bit as
-    kernels.kquant.matmul_kquant. Tiles of RT rows; per block of TB tokens each super-block of the
-    tile is unpacked once and used by every token. The activations' rows may be longer than K
-    (padded: with a token stride of 4096 bytes every token's chunk would sit in the same L1 set).
-    Per-range scratch (first axis: range): wq_sc [n, RT * 256] uint8, sp_sc and mn_sc [n, RT * 8]
-    int32, dd_sc [n, 2 RT] float32, sums_sc [n, TB * RT * 8] float32, sumf_sc [n, TB * RT]
-    float32; RT even."""
+    kernels.kquant.matmul_kquant (glmcpu.kquants.kernel_dot). Tiles of RT rows; per block of TB
+    tokens each super-block of the tile is unpacked once and used by every token. The activations'
+    rows may be longer than K (padded: with a token stride of 4096 bytes every token's chunk would
+    sit in the same L1 set). Per-range scratch (first axis: range): wq_sc [n, RT * 256] uint8,
+    sp_sc and mn_sc [n, RT * 8] int32, dd_sc [n, 2 RT] float32, sumf_sc [n, TB * RT] float32; RT even."""
     T = xq2.shape[0]
     n_out = w.shape[0]
     nb = w.shape[1] // (144 if kind == 4 else (176 if kind == 5 else 210))
@@ -969,30 +1005,24 @@ def matmul_kquant_avx2(out, wq_sc, sp_sc, mn_sc, dd_sc, sums_sc, sumf_sc, w, xq2
         sp = sp_sc[c]
         mn = mn_sc[c]
         dd = dd_sc[c]
-        sums = sums_sc[c]
         sumf = sumf_sc[c]
         for ti in range(c * per, min(n_tiles, (c + 1) * per)):
             r0 = ti * RT
             nr = min(RT, n_out - r0)
             for t0 in range(0, T, TB):
                 nt = min(TB, T - t0)
-                for q in range(8 * nt * RT):
-                    sums[q] = np.float32(0.0)
                 for q in range(nt * RT):
                     sumf[q] = np.float32(0.0)
                 for i in range(nb):
                     _unpack_tile(wq, sp, mn, dd, w, r0, nr, RT, i, kind)
                     if kind == 6:
-                        _tile_dots6(sums, wq, sp, mn, dd, xqu, ad, t0, nt, i, RT)
+                        _tile_dots6(sumf, wq, sp, mn, dd, xqu, ad, t0, nt, i, RT)
                     else:
-                        _tile_dots45(sums, wq, sp, dd, xq2, ad, t0, nt, i, RT)
+                        _tile_dots45(sumf, wq, sp, dd, xq2, ad, t0, nt, i, RT)
                         _tile_mins(sumf, mn, dd, asum2, ad, t0, nt, i, RT)
                 for t in range(nt):
                     for r in range(nr):
-                        s = sumf[t * RT + r]
-                        for l in range(8):
-                            s = np.float32(s + sums[8 * (t * RT + r) + l])
-                        out[t0 + t, r0 + r] = s
+                        out[t0 + t, r0 + r] = sumf[t * RT + r]
 
 
 # ---------------------------------------------------------------- q5_0 (ggml's rows, int8 activations per 32)

@@ -1,5 +1,5 @@
 """The AVX2 K-quant kernels (kernels/kquant_avx2.py) against the portable ones (kernels/kquant.py,
-themselves equal to ggml's generic dots in test_kquant_types): bit for bit, per type, on ragged
+themselves equal to kquants.kernel_dot in test_kquant_types): bit for bit, per type, on ragged
 shapes and adversarial bytes; the intrinsics' numpy twins against the intrinsics, lane for lane;
 and a whole model in q4_k_m with GLMCPU_SIMD=off and on (the same logits, bit for bit)."""
 import numpy as np
@@ -58,30 +58,35 @@ def _run_bytes_py(op, out, a, off, b, shift, mask):
 
 
 @njit(cache=True)
-def _run_dots(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
+def _run_dots(op, out, acc0, w1, w2, x, xoff, sp, spoff):
     """out[0:8] = the i32x8 result of a dot intrinsic, from a non-zero start (dot2_sc of acc0)."""
     acc = KA.zero8()
-    KA.store8(out, 0, acc)
+    A.store8(out, 0, acc)
     acc = KA.dot2_sc(acc, KA.load32(acc0, 0), KA.load32(acc0, 0), x, 64, sp, 0)   # any non-zero start
     u = KA.load32(w1, 0)
     v = KA.load32(w2, 0)
-    if op == 1:
-        acc = KA.dot_sc_c(acc, u, x, xoff, c, 3, sp, spoff)
+    if op == 0:
+        acc = KA.dot_s(acc, u, x, xoff, sp, spoff)
+    elif op == 1:
+        acc = KA.dot_s2(acc, u, x, xoff, sp, spoff)
     elif op == 2:
         acc = KA.dot2_sc(acc, u, v, x, xoff, sp, spoff)
     elif op == 3:
         acc = KA.dot_su(acc, u, x.view(np.uint8), xoff, sp, spoff)
     else:
         acc = KA.dot_c128(acc, u, sp, spoff)
-    KA.store8(out, 0, acc)
+    A.store8(out, 0, acc)
+    out[8] = KA.hsum8(acc)
 
 
-def _run_dots_py(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
+def _run_dots_py(op, out, acc0, w1, w2, x, xoff, sp, spoff):
     acc = A.zero8_py()
     acc = KA.dot2_sc_py(acc, KA.load32_py(acc0, 0), KA.load32_py(acc0, 0), x, 64, sp, 0)
     u, v = KA.load32_py(w1, 0), KA.load32_py(w2, 0)
-    if op == 1:
-        acc = KA.dot_sc_c_py(acc, u, x, xoff, c, 3, sp, spoff)
+    if op == 0:
+        acc = KA.dot_s_py(acc, u, x, xoff, sp, spoff)
+    elif op == 1:
+        acc = KA.dot_s2_py(acc, u, x, xoff, sp, spoff)
     elif op == 2:
         acc = KA.dot2_sc_py(acc, u, v, x, xoff, sp, spoff)
     elif op == 3:
@@ -89,24 +94,22 @@ def _run_dots_py(op, out, acc0, w1, w2, x, xoff, c, sp, spoff):
     else:
         acc = KA.dot_c128_py(acc, u, sp, spoff)
     A.store8_py(out, 0, acc)
-
-
-@njit(cache=True)
-def _run_scaled(s, soff, d, x, sp, c):
-    aux = KA.dot2_sc(KA.zero8(), KA.load32(x, 0), KA.load32(x, 0), x.view(np.int8), 0, sp, 0)
-    KA.add_scaled(s, soff, d, aux)
-    KA.add_scaled_c(s, soff + 1, d, aux, c, 1)
-
-
-def _run_scaled_py(s, soff, d, x, sp, c):
-    aux = KA.dot2_sc_py(A.zero8_py(), KA.load32_py(x, 0), KA.load32_py(x, 0), x.view(np.int8), 0, sp, 0)
-    KA.add_scaled_py(s, soff, d, aux)
-    KA.add_scaled_c_py(s, soff + 1, d, aux, c, 1)
+    out[8] = KA.hsum8_py(acc)
 
 
 @njit(cache=True)
 def _run_k4(sp, w, off, a2, a2off):
     return KA.k4_scales(sp, 0, w, off, a2, a2off)
+
+
+@njit(cache=True)
+def _run_q6(sp, w, off, a, aoff):
+    return KA.q6_scales(sp, 0, w, off, a, aoff)
+
+
+@njit(cache=True)
+def _run_f16x2(w, off):
+    return KA.f16x2(w, off)
 
 
 def _bytes(n, lo=0, hi=256, dtype=np.uint8):
@@ -130,49 +133,56 @@ def test_byte_intrinsics_equal_their_twins(op):
 
 
 @needs_avx2
-@pytest.mark.parametrize("op", range(1, 5), ids=["dot_sc_c", "dot2_sc", "dot_su", "dot_c128"])
+@pytest.mark.parametrize("op", range(5), ids=["dot_s", "dot_s2", "dot2_sc", "dot_su", "dot_c128"])
 @pytest.mark.parametrize("extreme", [False, True])
 def test_dot_intrinsics_equal_their_twins(op, extreme):
     """Random operands, and extreme ones where vpmaddubsw saturates (255 * 127 * 2), vpmaddwd wraps
-    (-32768 * -32768 * 2) and the int16 sums of dot2_sc / dot_sc_c wrap: the twins model it all."""
+    (-32768 * -32768 * 2) and the int16 sums of dot2_sc wrap: the twins model it all (and hsum8,
+    the lane sum, wraps as int32 does)."""
     for trial in range(50):
         if extreme:
             w1, w2 = np.full(32, 255, np.uint8), np.full(32, 255, np.uint8)
             x = np.full(200, RNG.choice([127, -128]), np.int8)
-            c = np.full(40, RNG.choice([-32768, 32767]), np.int16)
             sp = np.full(9, RNG.choice([-32768 * 65537, 32767 * 65537, -1]), np.int64).astype(np.int32)
         else:
             w1, w2, x = _bytes(32), _bytes(32), _bytes(200, -128, 128, np.int8)
-            c, sp = _bytes(40, -32768, 32768, np.int16), _bytes(9, -2**31, 2**31, np.int32)
-        acc0, xoff, spoff = _bytes(32), int(RNG.integers(0, 100)), int(RNG.integers(0, 9))
-        got, want = np.zeros(8, np.int32), np.zeros(8, np.int32)
-        _run_dots(op, got, acc0, w1, w2, x, xoff, c, sp, spoff)
-        _run_dots_py(op, want, acc0, w1, w2, x, xoff, c, sp, spoff)
+            sp = _bytes(9, -2**31, 2**31, np.int32)
+        acc0, xoff, spoff = _bytes(32), int(RNG.integers(0, 100)), int(RNG.integers(0, 8))
+        got, want = np.zeros(9, np.int32), np.zeros(9, np.int32)      # the 8 lanes and their hsum8
+        _run_dots(op, got, acc0, w1, w2, x, xoff, sp, spoff)
+        _run_dots_py(op, want, acc0, w1, w2, x, xoff, sp, spoff)
         np.testing.assert_array_equal(got, want)
 
 
 @needs_avx2
-def test_add_scaled_and_k4_scales_equal_their_twins():
+def test_scale_intrinsics_equal_their_twins():
+    """k4_scales and q6_scales (the scale pairs they store, the minimum / correction sums they
+    return) and f16x2 equal their twins, and the twins are ggml's get_scale_min_k4, the int8
+    scales and IEEE half precision."""
     for trial in range(100):
-        x, sp = _bytes(64), _bytes(1, -2**31, 2**31, np.int32)
-        d = np.float32(RNG.choice([1e-30, 1.0, 3e30, -0.0])) * np.float32(RNG.random())
-        s0 = RNG.standard_normal(21).astype(np.float32) * np.float32(RNG.choice([1e-20, 1.0, 1e20]))
-        got, want = s0.copy(), s0.copy()
-        off = int(RNG.integers(0, 12))
-        c = _bytes(9, -2**31, 2**31, np.int32)
-        _run_scaled(got, off, d, x, sp, c)
-        _run_scaled_py(want, off, d, x, sp, c)
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
         w, a2 = _bytes(40), _bytes(20, -5000, 5000, np.int32)
         off, a2off = int(RNG.integers(0, 28)), int(RNG.integers(0, 12))
         sg, sw = np.zeros(8, np.int32), np.zeros(8, np.int32)
         assert _run_k4(sg, w, off, a2, a2off) == KA.k4_scales_py(sw, 0, w, off, a2, a2off)
         np.testing.assert_array_equal(sg, sw)
         # and both are ggml's get_scale_min_k4 (kernels.kquant._scale_min_k4, scalar)
-        sc_m = [K.kquant._scale_min_k4(w[None, off - 4:], 0, 0, j) if off >= 4 else None for j in range(8)]
         if off >= 4:
-            assert list(sw[:4]) == [sc_m[2 * c][0] | sc_m[2 * c + 1][0] << 16 for c in range(4)]
+            sc_m = [K.kquant._scale_min_k4(w[None, off - 4:], 0, 0, j) for j in range(8)]
+            assert list(sw) == [sc_m[j][0] | sc_m[j][0] << 16 for j in range(8)]
             assert int(_run_k4(sg, w, off, a2, a2off)) == sum(int(m) * int(a2[a2off + j]) for j, (_, m) in enumerate(sc_m))
+        a = _bytes(40, -2100, 2100, np.int32)
+        off, aoff = int(RNG.integers(0, 24)), int(RNG.integers(0, 24))
+        qg, qw = np.zeros(16, np.int32), np.zeros(16, np.int32)
+        got = _run_q6(qg, w, off, a, aoff)
+        assert got == KA.q6_scales_py(qw, 0, w, off, a, aoff)
+        np.testing.assert_array_equal(qg, qw)
+        sc = w[off: off + 16].view(np.int8).astype(np.int64)
+        assert list(qg.view(np.int16)[0::2]) == list(sc) and list(qg.view(np.int16)[1::2]) == list(sc)
+        assert int(got) == int(np.sum(sc * a[aoff: aoff + 16]))
+        d2 = _run_f16x2(w, off)
+        want2 = w[off: off + 4].copy().view(np.float16).astype(np.float32)
+        assert [np.float32(v).view(np.uint32) for v in d2] == [np.float32(v).view(np.uint32) for v in KA.f16x2_py(w, off)]
+        np.testing.assert_array_equal(np.array(d2, np.float32)[~np.isnan(want2)], want2[~np.isnan(want2)])
 
 
 # ---------------------------------------------------------------- the kernels against the portable ones
@@ -230,18 +240,18 @@ def _portable(kind, w, x):
 def _avx2(kind, w, act, T, k):
     aq, ad, asum = act
     pad = KA.PAD
-    xqq, xq2, xqu = np.zeros((T, k + pad), np.int8), np.zeros((T, k + pad), np.int8), np.zeros((T, k + pad), np.uint8)
-    corr, asum2 = np.zeros((T, (k + pad) // 2), np.int16), np.zeros((T, k // 32), np.int32)
-    K.permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum)
+    xq2, xqu = np.zeros((T, k + pad), np.int8), np.zeros((T, k + pad), np.uint8)
+    asum2 = np.zeros((T, k // 32), np.int32)
+    K.permute_q8_K(xq2, xqu, asum2, aq, asum)
     tile = (np.zeros((NR, KA.RT * 256), np.uint8), np.zeros((NR, KA.RT * 8), np.int32),
             np.zeros((NR, KA.RT * 8), np.int32), np.zeros((NR, 2 * KA.RT), np.float32),
-            np.zeros((NR, KA.TB * KA.RT * 8), np.float32), np.zeros((NR, KA.TB * KA.RT), np.float32))
+            np.zeros((NR, KA.TB * KA.RT), np.float32))
     out = np.full((T, w.shape[0]), np.nan, np.float32)
     K.matmul_kquant_avx2(out, *tile, w, xq2, xqu, ad, asum2, kind)
     if T > 1:
         return out, None
     o1 = np.full(w.shape[0], np.nan, np.float32)
-    K.matvec_kquant_avx2(o1, tile[1], tile[4], w, xqq, xq2, ad, asum2, corr, kind)
+    K.matvec_kquant_avx2(o1, tile[1], w, aq, ad, asum, asum2, kind)
     return out, o1
 
 
@@ -285,21 +295,17 @@ def test_permuted_activations():
     T, k = 3, 512
     aq = RNG.integers(-127, 128, (T, k)).astype(np.int8)
     asum = aq.reshape(T, -1, 16).astype(np.int32).sum(-1).astype(np.int32)
-    xqq, xq2, xqu = np.zeros((T, k + 64), np.int8), np.zeros((T, k + 64), np.int8), np.zeros((T, k + 64), np.uint8)
-    corr, asum2 = np.zeros((T, k // 2 + 32), np.int16), np.zeros((T, k // 32), np.int32)
-    K.permute_q8_K(xqq, xq2, xqu, corr, asum2, aq, asum)
+    xq2, xqu = np.zeros((T, k + 64), np.int8), np.zeros((T, k + 64), np.uint8)
+    asum2 = np.zeros((T, k // 32), np.int32)
+    K.permute_q8_K(xq2, xqu, asum2, aq, asum)
     q = np.array([v + 8 * kk for v in range(8) for kk in range(4)])
     chunks = aq.reshape(T, -1, 32)
-    np.testing.assert_array_equal(xqq[:, :k].reshape(T, -1, 32), chunks[:, :, q])
-    np.testing.assert_array_equal(xqu[:, :k], (xqq[:, :k].astype(np.int32) + 128).astype(np.uint8))
+    np.testing.assert_array_equal(xqu[:, :k].reshape(T, -1, 32), (chunks[:, :, q].astype(np.int32) + 128).astype(np.uint8))
     lo = np.array([[v, v + 8, 32 + v, 40 + v] for v in range(8)]).reshape(-1)
     pairs = aq.reshape(T, -1, 64)
     np.testing.assert_array_equal(xq2[:, :k].reshape(T, -1, 64)[:, :, :32], pairs[:, :, lo])
     np.testing.assert_array_equal(xq2[:, :k].reshape(T, -1, 64)[:, :, 32:], pairs[:, :, lo + 16])
-    a = chunks.astype(np.int32)
-    want = 32 * (a[:, :, q[0::2]] + a[:, :, q[1::2]])                  # int16 lane u: bytes 2u, 2u + 1
-    np.testing.assert_array_equal(corr[:, :k // 2].reshape(T, -1, 16), want)
-    np.testing.assert_array_equal(asum2, a.sum(-1))
+    np.testing.assert_array_equal(asum2, chunks.astype(np.int32).sum(-1))
 
 
 # ---------------------------------------------------------------- a whole model
@@ -382,15 +388,15 @@ def _run_q5(w, off, x, xoff):
 
 @njit(cache=True)
 def _run_q5x8(out, w, off, x, xoff, stride, xs, xd, d):
-    """q5_0_term8 on a non-zero start (fadd_scaled of a dot32x8) and a dot32x8 of the block at off."""
+    """q5_0_term8 on a non-zero start (q5_0_term8 of the first block) and a dot32x8 of the block at off."""
     v = KA.q5_0_vals(w, off)
-    acc = KA.fadd_scaled(KA.fzero8(), np.float32(1.0), KA.dot32x8(v, x, 0, 1))
+    acc = KA.q5_0_term8(KA.fzero8(), KA.dot32x8(v, x, 0, 1), xs, 0, xd, 0, d)
     KA.fstore8(out, 0, KA.q5_0_term8(acc, KA.dot32x8(v, x, xoff, stride), xs, 1, xd, 2, d))
 
 
 def _run_q5x8_py(out, w, off, x, xoff, stride, xs, xd, d):
     v = KA.q5_0_vals_py(w, off)
-    acc = KA.fadd_scaled_py(KA.fzero8_py(), np.float32(1.0), KA.dot32x8_py(v, x, 0, 1))
+    acc = KA.q5_0_term8_py(KA.fzero8_py(), KA.dot32x8_py(v, x, 0, 1), xs, 0, xd, 0, d)
     KA.fstore8_py(out, 0, KA.q5_0_term8_py(acc, KA.dot32x8_py(v, x, xoff, stride), xs, 1, xd, 2, d))
 
 
