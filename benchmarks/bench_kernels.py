@@ -117,7 +117,8 @@ class Runner:
             self.tile = (np.zeros((n_ranges, KA.RT * 256), np.uint8), np.zeros((n_ranges, KA.RT * 8), np.int32),
                          np.zeros((n_ranges, KA.RT * 8), np.int32), np.zeros((n_ranges, 2 * KA.RT), np.float32),
                          np.zeros((n_ranges, KA.TB * KA.RT), np.float32))
-            self.perm = (np.zeros((T, k + p), np.int8), np.zeros((T, k + p), np.uint8), np.zeros((T, k // 32), np.int32))
+            self.perm = (np.zeros((T, k + p), np.int8), np.zeros((T, k + p), np.uint8), np.zeros((T, k // 32), np.int32),
+                         np.zeros((k // 256, T), np.float32), np.zeros((k // 32, T), np.float32))
 
     def __call__(self):
         a, T, n = self.a, self.T, self.n
@@ -174,13 +175,13 @@ class Runner:
         if not self.avx2:
             K.matmul_kquant(self.out, *self.kq, self.a[0], self.aq, self.ad, self.asum, num)
             return
-        xq2, xqu, asum2 = self.perm
+        xq2, xqu, asum2, adT, a2T = self.perm
         if self.T == 1:
             K.kquant_avx2.pair_sums(asum2, self.asum)
             K.matvec_kquant_avx2(self.out[0], self.tile[1], self.a[0], self.aq, self.ad, self.asum, asum2, num)
         else:
-            K.permute_q8_K(xq2, xqu, asum2, self.aq, self.asum)
-            K.matmul_kquant_avx2(self.out, *self.tile, self.a[0], xq2, xqu, self.ad, asum2, num)
+            K.permute_q8_K(xq2, xqu, adT, a2T, self.aq, self.ad, self.asum)
+            K.matmul_kquant_avx2(self.out, *self.tile, self.a[0], xq2, xqu, adT, a2T, num)
 
 
 def validate(kinds, n_ranges):

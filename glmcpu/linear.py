@@ -98,7 +98,9 @@ class Workspace:
         per-range tile scratch (wq, sp, mn, dd, sumf) of kernels.kquant_avx2.matmul_kquant_avx2
         (the matvec uses sp) and views [chunk, ...] of the permuted activations of width n_in
         (xq2 [chunk, n_in + PAD] int8, xqu [chunk, n_in + PAD] uint8, rows padded, see the kernel)
-        and of the sub-block sums asum2 [chunk, n_in / 32] int32."""
+        and of the sub-block sums asum2 [chunk, n_in / 32] int32 (the matvec's), and flat buffers
+        for the matmul's transposed scales adT [n_in / 256, T] and sub-block sums a2T [n_in / 32, T]
+        (float32; shaped per call, as T varies)."""
         KA = K.kquant_avx2
         if not hasattr(self, "kq_wq"):
             n, (c, m) = self.n_ranges, self.xq.shape
@@ -110,12 +112,15 @@ class Workspace:
             self.kq_xq2 = np.zeros((c, m + KA.PAD), np.int8)
             self.kq_xqu = np.zeros((c, m + KA.PAD), np.uint8)
             self.kq_asum2 = np.zeros((c, m // 32), np.int32)
+            self.kq_adT = np.zeros(m // 256 * c, np.float32)
+            self.kq_a2T = np.zeros(m // 32 * c, np.float32)
         c = self.xq.shape[0]
 
         def view(a, width):
             return a.reshape(-1)[: c * width].reshape(c, width)
         return ((self.kq_wq, self.kq_sp, self.kq_mn, self.kq_dd, self.kq_sumf),
-                (view(self.kq_xq2, n_in + KA.PAD), view(self.kq_xqu, n_in + KA.PAD), view(self.kq_asum2, n_in // 32)))
+                (view(self.kq_xq2, n_in + KA.PAD), view(self.kq_xqu, n_in + KA.PAD), view(self.kq_asum2, n_in // 32),
+                 self.kq_adT, self.kq_a2T))
 
     def q5_0_avx2(self):
         """q5_0's AVX2 scratch (allocated at load, when the first asks): the transposed activation
@@ -220,14 +225,16 @@ class LinearKQuant:
     def _avx2(self, out, x):
         T = x.shape[0]
         aq, ad, asum = self.aq[:T], self.ad[:T], self.asum[:T]
-        xq2, xqu, asum2 = (a[:T] for a in self.perm)
+        xq2, xqu, asum2, adT, a2T = self.perm
         K.quantize_q8_K(aq, ad, asum, x)
         if T == 1:
-            K.kquant_avx2.pair_sums(asum2, asum)
-            K.matvec_kquant_avx2(out[0], self.tile[1], self.w, aq, ad, asum, asum2, self.kind)
+            K.kquant_avx2.pair_sums(asum2[:1], asum)
+            K.matvec_kquant_avx2(out[0], self.tile[1], self.w, aq, ad, asum, asum2[:1], self.kind)
         else:
-            K.permute_q8_K(xq2, xqu, asum2, aq, asum)
-            K.matmul_kquant_avx2(out, *self.tile, self.w, xq2, xqu, ad, asum2, self.kind)
+            nb = self.n_in // 256
+            adT, a2T = adT[: nb * T].reshape(nb, T), a2T[: 8 * nb * T].reshape(8 * nb, T)
+            K.permute_q8_K(xq2[:T], xqu[:T], adT, a2T, aq, ad, asum)
+            K.matmul_kquant_avx2(out, *self.tile, self.w, xq2[:T], xqu[:T], adT, a2T, self.kind)
 
     def embed(self, out, ids):
         K.dequant_rows_kquant(out, self.w, ids, self.kind)

@@ -243,6 +243,22 @@ def dot_s2_py(acc, w, x, xoff, sp, spoff):
     return (acc.astype(np.int64) + m).astype(np.int32)
 
 
+def scale8v_py(s, soff, d, a, aoff, a0, a1, a2, a3, a4, a5, a6, a7):
+    v = np.array([hsum8_py(x) for x in (a0, a1, a2, a3, a4, a5, a6, a7)], np.int32)
+    dv = np.float32(d) * _fl(a)[aoff: aoff + 8]
+    with np.errstate(over="ignore", invalid="ignore"):
+        _fl(s)[soff: soff + 8] = _fl(s)[soff: soff + 8] + dv * v.astype(np.float32)
+
+
+def mins8_py(s, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride):
+    summ = np.zeros(8, np.float32)
+    for j in range(8):
+        summ = summ + np.float32(_fl(mn)[moff + j * mstride]) * _fl(a2)[a2off + j * a2stride: a2off + j * a2stride + 8]
+    dmin = np.float32(dm) * _fl(a)[aoff: aoff + 8]
+    with np.errstate(over="ignore", invalid="ignore"):
+        _fl(s)[soff: soff + 8] = _fl(s)[soff: soff + 8] - dmin * summ
+
+
 def hsum8_py(v):
     return _wrap32(np.sum(v.astype(np.int64)))
 
@@ -517,6 +533,66 @@ def f16x2(typingctx, w, off):
     return types.UniTuple(types.float32, 2)(w, off), codegen
 
 
+def _hadd(builder, x, y):
+    """vphaddd's lanes: per 128-bit half (x0 + x1, x2 + x3, y0 + y1, y2 + y3)."""
+    even = _shuffle(builder, x, y, [0, 2, 8, 10, 4, 6, 12, 14])
+    odd = _shuffle(builder, x, y, [1, 3, 9, 11, 5, 7, 13, 15])
+    return builder.add(even, odd)
+
+
+@fallback(scale8v_py)
+@intrinsic
+def scale8v(typingctx, s, soff, d, a, aoff, a0, a1, a2, a3, a4, a5, a6, a7):
+    """s.flat[soff + k] += (d * a.flat[aoff + k]) * float32(isum_k) for k < 8, isum_k the sum of
+    the lanes of a_k: eight horizontal sums at once (a transpose by vphaddd), then kernel_dot's
+    float step for eight tokens, lane by lane (fmul, fmul, fadd: nothing contracted)."""
+    accs = (a0, a1, a2, a3, a4, a5, a6, a7)
+    if not (_c_array(s, types.float32) and _int(soff) and d == types.float32 and _c_array(a, types.float32)
+            and _int(aoff) and all(x == i32x8 for x in accs)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s, soff, d, a, aoff = args[:5]
+        v = args[5:]
+        c0 = _hadd(builder, _hadd(builder, v[0], v[1]), _hadd(builder, v[2], v[3]))
+        c1 = _hadd(builder, _hadd(builder, v[4], v[5]), _hadd(builder, v[6], v[7]))
+        isum = builder.add(_shuffle(builder, c0, c1, [0, 1, 2, 3, 8, 9, 10, 11]),
+                           _shuffle(builder, c0, c1, [4, 5, 6, 7, 12, 13, 14, 15]))
+        dv = builder.fmul(_splat(builder, _F, d), _load(context, builder, sig.args[3], a, aoff, _F))
+        old = _load(context, builder, sig.args[0], s, soff, _F)
+        _store(context, builder, sig.args[0], s, soff, builder.fadd(old, builder.fmul(dv, builder.sitofp(isum, _F))))
+        return context.get_dummy_value()
+    return types.none(s, soff, d, a, aoff, *accs), codegen
+
+
+@fallback(mins8_py)
+@intrinsic
+def mins8(typingctx, s, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride):
+    """s.flat[soff + k] -= (dm * a.flat[aoff + k]) * summ_k for k < 8 (eight tokens of one row),
+    summ_k = sum_j float32(mn.flat[moff + j mstride]) * a2.flat[a2off + j a2stride + k], j < 8: the
+    minimums' term of kernel_dot. Every product and partial sum is an integer below 2^24, so
+    summ_k is exact (whatever the order) and equals kernel_dot's float32(summ)."""
+    if not (_c_array(s, types.float32) and _int(soff) and dm == types.float32 and _c_array(a, types.float32)
+            and _int(aoff) and _c_array(mn, types.int32) and _int(moff) and _int(mstride)
+            and _c_array(a2, types.float32) and _int(a2off) and _int(a2stride)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride = args
+        summ = None
+        for j in range(8):
+            jm = builder.add(moff, builder.mul(mstride, ir.Constant(mstride.type, j)))
+            m = builder.sitofp(builder.load(_elem_ptr(context, builder, sig.args[5], mn, jm)), ir.FloatType())
+            ja = builder.add(a2off, builder.mul(a2stride, ir.Constant(a2stride.type, j)))
+            p = builder.fmul(_splat(builder, _F, m), _load(context, builder, sig.args[8], a2, ja, _F))
+            summ = p if summ is None else builder.fadd(summ, p)
+        dmin = builder.fmul(_splat(builder, _F, dm), _load(context, builder, sig.args[3], a, aoff, _F))
+        old = _load(context, builder, sig.args[0], s, soff, _F)
+        _store(context, builder, sig.args[0], s, soff, builder.fsub(old, builder.fmul(dmin, summ)))
+        return context.get_dummy_value()
+    return types.none(s, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride), codegen
+
+
 @fallback(hsum8_py)
 @intrinsic
 def hsum8(typingctx, v):
@@ -608,18 +684,22 @@ def q6_scales(typingctx, sp, spoff, w, off, a, aoff):
 # ---------------------------------------------------------------- activations
 
 @njit(cache=True)
-def permute_q8_K(xq2, xqu, asum2, aq, asum):
-    """From quantize_q8_K's aq [T, K] int8 and asum [T, K/16], per token:
+def permute_q8_K(xq2, xqu, adT, a2T, aq, ad, asum):
+    """From quantize_q8_K's aq [T, K] int8, ad [T, K/256] and asum [T, K/16], per token:
       xq2 [T, K] int8: each 64 elements (chunks A, B) as pair_lo, pair_hi of their Q orders: byte
         4v + k of the first 32 holds A_v, A_{v+8}, B_v, B_{v+8} (k = 0..3), of the second A_{v+16},
         A_{v+24}, B_{v+16}, B_{v+24} (the q4_K / q5_K matmul);
       xqu [T, K] uint8: each 32-chunk in Q order, + 128 (q6_K's matmul: the activations as
         vpmaddubsw's unsigned side);
-      asum2 [T, K/32] int32: sums of the 32-element sub-blocks (what the minimums of q4_K / q5_K
-        multiply; pair_sums)."""
+      adT [K/256, T] float32: ad transposed (eight tokens' scales in one vector);
+      a2T [K/32, T] float32: the 32-element sub-block sums, transposed (what the minimums of
+        q4_K / q5_K multiply; exact integers)."""
     T, K = aq.shape
-    pair_sums(asum2, asum)
     for t in range(T):
+        for b in range(K // 256):
+            adT[b, t] = ad[t, b]
+        for j in range(K // 32):
+            a2T[j, t] = np.float32(asum[t, 2 * j] + asum[t, 2 * j + 1])
         for ch in range(K // 32):
             o = 32 * ch
             for v in range(8):
@@ -835,12 +915,14 @@ def _add_isum(sumf, q, d, isum):
 
 
 @njit(cache=True, inline="always")
-def _tile_dots45(sumf, wq, sp, dd, xq2, ad, t0, nt, i, RT):
-    """q4_K / q5_K: sumf[t RT + r] += (d_r * d8) * isum for the tile's rows r and tokens t0 + t,
+def _tile_dots45(sumf, TB, wq, sp, dd, xq2, adT, t0, nt, i, RT):
+    """q4_K / q5_K: sumf[r TB + t] += (d_r * d8) * isum for the tile's rows r and tokens t0 + t,
     t < nt. Per pair of sub-blocks, two vpmaddubsw summed in int16 (at most 4 * 31 * 127 = 15748)
     and one vpmaddwd by the pair's scales. Register tile: 1 row (its 8 weight vectors stay in
-    registers) x 8 tokens (activations straight from memory as vpmaddubsw's second operand)."""
+    registers) x 8 tokens (activations straight from memory as vpmaddubsw's second operand), whose
+    eight sums and float steps then go at once (scale8v)."""
     K = xq2.shape[1]          # token stride (rows may be padded)
+    T = adT.shape[1]
     for r in range(RT):
         w0 = 256 * r
         s0 = 8 * r
@@ -868,36 +950,24 @@ def _tile_dots45(sumf, wq, sp, dd, xq2, ad, t0, nt, i, RT):
                 a5 = dot2_sc(a5, u1, u2, xq2, x + 5 * K, sp, s0 + c)
                 a6 = dot2_sc(a6, u1, u2, xq2, x + 6 * K, sp, s0 + c)
                 a7 = dot2_sc(a7, u1, u2, xq2, x + 7 * K, sp, s0 + c)
-            _scale8(sumf, dr, ad, t0, t, i, RT, r, a0, a1, a2, a3, a4, a5, a6, a7)
+            scale8v(sumf, r * TB + t, dr, adT, i * T + t0 + t, a0, a1, a2, a3, a4, a5, a6, a7)
             t += 8
         while t < nt:
             a0 = zero8()
             xo = (t0 + t) * K + QK_K * i
             for c in range(4):
                 a0 = dot2_sc(a0, load32(wq, w0 + 64 * c), load32(wq, w0 + 64 * c + 32), xq2, xo + 64 * c, sp, s0 + c)
-            _add_isum(sumf, t * RT + r, np.float32(dr * ad[t0 + t, i]), hsum8(a0))
+            _add_isum(sumf, r * TB + t, np.float32(dr * adT[i, t0 + t]), hsum8(a0))
             t += 1
 
 
 @njit(cache=True, inline="always")
-def _scale8(sumf, dr, ad, t0, t, i, RT, r, a0, a1, a2, a3, a4, a5, a6, a7):
-    """sumf[(t + k) RT + r] += (d_r * d8_{t+k}) * isum_k for k < 8 (isum_k: the lanes of a_k summed)."""
-    _add_isum(sumf, t * RT + r, np.float32(dr * ad[t0 + t, i]), hsum8(a0))
-    _add_isum(sumf, (t + 1) * RT + r, np.float32(dr * ad[t0 + t + 1, i]), hsum8(a1))
-    _add_isum(sumf, (t + 2) * RT + r, np.float32(dr * ad[t0 + t + 2, i]), hsum8(a2))
-    _add_isum(sumf, (t + 3) * RT + r, np.float32(dr * ad[t0 + t + 3, i]), hsum8(a3))
-    _add_isum(sumf, (t + 4) * RT + r, np.float32(dr * ad[t0 + t + 4, i]), hsum8(a4))
-    _add_isum(sumf, (t + 5) * RT + r, np.float32(dr * ad[t0 + t + 5, i]), hsum8(a5))
-    _add_isum(sumf, (t + 6) * RT + r, np.float32(dr * ad[t0 + t + 6, i]), hsum8(a6))
-    _add_isum(sumf, (t + 7) * RT + r, np.float32(dr * ad[t0 + t + 7, i]), hsum8(a7))
-
-
-@njit(cache=True, inline="always")
-def _tile_dots6(sumf, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
+def _tile_dots6(sumf, TB, wq, sp, cw, dd, xqu, adT, t0, nt, i, RT):
     """q6_K: as _tile_dots45 with vpmaddubsw's roles swapped, activations + 128 (unsigned, xqu) times
     q - 32 (signed, wq), one vpmaddwd per chunk (q6_K's scales cover 16 elements: a class has two
     elements per scale, nothing more to sum in int16); each pair sum is at most 2 * 255 * 32 in
-    magnitude. The +128 is taken back per row: isum = sum - cw[8 r] (see _unpack_tile).
+    magnitude. The +128 is taken back per row: isum = sum - cw[8 r] (see _unpack_tile); sumf as
+    in _tile_dots45.
     Register tile: 2 rows x 4 tokens."""
     K = xqu.shape[1]          # token stride (rows may be padded)
     for rp in range(0, RT, 2):
@@ -930,8 +1000,8 @@ def _tile_dots6(sumf, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
                 b1 = dot_su(b1, v, xqu, x + K, sp, s1 + j)
                 b2 = dot_su(b2, v, xqu, x + 2 * K, sp, s1 + j)
                 b3 = dot_su(b3, v, xqu, x + 3 * K, sp, s1 + j)
-            _scale4c(sumf, dd[rp], ad, t0, t, i, RT, rp, c0, a0, a1, a2, a3)
-            _scale4c(sumf, dd[rp + 1], ad, t0, t, i, RT, rp + 1, c1, b0, b1, b2, b3)
+            _scale4c(sumf, rp * TB + t, dd[rp], adT, t0 + t, i, c0, a0, a1, a2, a3)
+            _scale4c(sumf, (rp + 1) * TB + t, dd[rp + 1], adT, t0 + t, i, c1, b0, b1, b2, b3)
             t += 4
         while t < nt:
             a0 = zero8()
@@ -940,58 +1010,56 @@ def _tile_dots6(sumf, wq, sp, cw, dd, xqu, ad, t0, nt, i, RT):
             for j in range(8):
                 a0 = dot_su(a0, load32(wq, w0 + 32 * j), xqu, xo + 32 * j, sp, s0 + j)
                 b0 = dot_su(b0, load32(wq, w1 + 32 * j), xqu, xo + 32 * j, sp, s1 + j)
-            e = ad[t0 + t, i]
-            _add_isum(sumf, t * RT + rp, np.float32(dd[rp] * e), hsum8(a0) - c0)
-            _add_isum(sumf, t * RT + rp + 1, np.float32(dd[rp + 1] * e), hsum8(b0) - c1)
+            e = adT[i, t0 + t]
+            _add_isum(sumf, rp * TB + t, np.float32(dd[rp] * e), hsum8(a0) - c0)
+            _add_isum(sumf, (rp + 1) * TB + t, np.float32(dd[rp + 1] * e), hsum8(b0) - c1)
             t += 1
 
 
 @njit(cache=True, inline="always")
-def _scale4c(sumf, dr, ad, t0, t, i, RT, r, c, a0, a1, a2, a3):
-    """sumf[(t + k) RT + r] += (d_r * d8_{t+k}) * (isum_k - c) for k < 4."""
-    _add_isum(sumf, t * RT + r, np.float32(dr * ad[t0 + t, i]), hsum8(a0) - c)
-    _add_isum(sumf, (t + 1) * RT + r, np.float32(dr * ad[t0 + t + 1, i]), hsum8(a1) - c)
-    _add_isum(sumf, (t + 2) * RT + r, np.float32(dr * ad[t0 + t + 2, i]), hsum8(a2) - c)
-    _add_isum(sumf, (t + 3) * RT + r, np.float32(dr * ad[t0 + t + 3, i]), hsum8(a3) - c)
+def _scale4c(sumf, q, dr, adT, t, i, c, a0, a1, a2, a3):
+    """sumf[q + k] += (d_r * d8_{t+k}) * (isum_k - c) for k < 4."""
+    _add_isum(sumf, q, np.float32(dr * adT[i, t]), hsum8(a0) - c)
+    _add_isum(sumf, q + 1, np.float32(dr * adT[i, t + 1]), hsum8(a1) - c)
+    _add_isum(sumf, q + 2, np.float32(dr * adT[i, t + 2]), hsum8(a2) - c)
+    _add_isum(sumf, q + 3, np.float32(dr * adT[i, t + 3]), hsum8(a3) - c)
 
 
 @njit(cache=True, inline="always")
-def _tile_mins(sumf, mn, dd, asum2, ad, t0, nt, i, RT):
-    """sumf[t RT + r] -= (dmin_r * d8) * sumi_r for the tile's rows r and tokens t0 + t, sumi_r =
+def _tile_mins(sumf, TB, mn, dd, a2T, adT, t0, nt, i, RT):
+    """sumf[r TB + t] -= (dmin_r * d8) * summ_r for the tile's rows r and tokens t0 + t, summ_r =
     sum_j m_{r,j} * (sum of sub-block j's activations) (mn[RT j + r] = m_{r,j}), summed in float32:
     exact, as every product (<= 63 * 32 * 127) and partial sum (< 2^21) is an integer below 2^24.
-    The loop runs over rows, so LLVM vectorizes it; each row's float operations are kernel_dot's,
-    in its order (after the super-block's isum term)."""
+    Eight tokens at a time (mins8); each row's float operations are kernel_dot's, in its order
+    (after the super-block's isum term)."""
     o = 8 * i
-    for t in range(nt):
-        a = ad[t0 + t, i]
-        x = asum2[t0 + t]
-        s0 = np.float32(x[o])
-        s1 = np.float32(x[o + 1])
-        s2 = np.float32(x[o + 2])
-        s3 = np.float32(x[o + 3])
-        s4 = np.float32(x[o + 4])
-        s5 = np.float32(x[o + 5])
-        s6 = np.float32(x[o + 6])
-        s7 = np.float32(x[o + 7])
-        for r in range(RT):
-            sumi = (np.float32(mn[r]) * s0 + np.float32(mn[RT + r]) * s1 + np.float32(mn[2 * RT + r]) * s2
-                    + np.float32(mn[3 * RT + r]) * s3 + np.float32(mn[4 * RT + r]) * s4
-                    + np.float32(mn[5 * RT + r]) * s5 + np.float32(mn[6 * RT + r]) * s6
-                    + np.float32(mn[7 * RT + r]) * s7)
-            dmin = np.float32(dd[RT + r] * a)
-            sumf[t * RT + r] = np.float32(sumf[t * RT + r] - np.float32(dmin * sumi))
+    T = adT.shape[1]
+    for r in range(RT):
+        dm = dd[RT + r]
+        t = 0
+        while t + 8 <= nt:
+            mins8(sumf, r * TB + t, dm, adT, i * T + t0 + t, mn, r, RT, a2T, o * T + t0 + t, T)
+            t += 8
+        while t < nt:
+            tt = t0 + t
+            summ = np.float32(0.0)
+            for j in range(8):
+                summ = np.float32(summ + np.float32(mn[j * RT + r]) * a2T[o + j, tt])
+            dmin = np.float32(dm * adT[i, tt])
+            sumf[r * TB + t] = np.float32(sumf[r * TB + t] - np.float32(dmin * summ))
+            t += 1
 
 
 @njit(cache=True, parallel=True)  # no fastmath: the float part must be kernel_dot's
-def matmul_kquant_avx2(out, wq_sc, sp_sc, mn_sc, dd_sc, sumf_sc, w, xq2, xqu, ad, asum2, kind):
+def matmul_kquant_avx2(out, wq_sc, sp_sc, mn_sc, dd_sc, sumf_sc, w, xq2, xqu, adT, a2T, kind):
     """out [T, n_out] = each q4_K (kind 4) / q5_K (5) / q6_K (6) row of w dotted with each token's
-    q8_K activations (xq2, xqu, asum2 from permute_q8_K, ad from quantize_q8_K), bit for bit as
+    q8_K activations (xq2, xqu, adT, a2T from permute_q8_K), bit for bit as
     kernels.kquant.matmul_kquant (glmcpu.kquants.kernel_dot). Tiles of RT rows; per block of TB
     tokens each super-block of the tile is unpacked once and used by every token. The activations'
     rows may be longer than K (padded: with a token stride of 4096 bytes every token's chunk would
     sit in the same L1 set). Per-range scratch (first axis: range): wq_sc [n, RT * 256] uint8,
-    sp_sc and mn_sc [n, RT * 8] int32, dd_sc [n, 2 RT] float32, sumf_sc [n, TB * RT] float32; RT even."""
+    sp_sc and mn_sc [n, RT * 8] int32, dd_sc [n, 2 RT] float32, sumf_sc [n, RT * TB] float32 (a
+    row's TB tokens side by side); RT even."""
     T = xq2.shape[0]
     n_out = w.shape[0]
     nb = w.shape[1] // (144 if kind == 4 else (176 if kind == 5 else 210))
@@ -1011,18 +1079,18 @@ def matmul_kquant_avx2(out, wq_sc, sp_sc, mn_sc, dd_sc, sumf_sc, w, xq2, xqu, ad
             nr = min(RT, n_out - r0)
             for t0 in range(0, T, TB):
                 nt = min(TB, T - t0)
-                for q in range(nt * RT):
+                for q in range(RT * TB):
                     sumf[q] = np.float32(0.0)
                 for i in range(nb):
                     _unpack_tile(wq, sp, mn, dd, w, r0, nr, RT, i, kind)
                     if kind == 6:
-                        _tile_dots6(sumf, wq, sp, mn, dd, xqu, ad, t0, nt, i, RT)
+                        _tile_dots6(sumf, TB, wq, sp, mn, dd, xqu, adT, t0, nt, i, RT)
                     else:
-                        _tile_dots45(sumf, wq, sp, dd, xq2, ad, t0, nt, i, RT)
-                        _tile_mins(sumf, mn, dd, asum2, ad, t0, nt, i, RT)
+                        _tile_dots45(sumf, TB, wq, sp, dd, xq2, adT, t0, nt, i, RT)
+                        _tile_mins(sumf, TB, mn, dd, a2T, adT, t0, nt, i, RT)
                 for t in range(nt):
                     for r in range(nr):
-                        out[t0 + t, r0 + r] = sumf[t * RT + r]
+                        out[t0 + t, r0 + r] = sumf[r * TB + t]
 
 
 # ---------------------------------------------------------------- q5_0 (ggml's rows, int8 activations per 32)

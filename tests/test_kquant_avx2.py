@@ -185,6 +185,76 @@ def test_scale_intrinsics_equal_their_twins():
         np.testing.assert_array_equal(np.array(d2, np.float32)[~np.isnan(want2)], want2[~np.isnan(want2)])
 
 
+@njit(cache=True)
+def _acc_k(accs, k):
+    """A non-trivial i32x8: dot_s of the k-th 32 bytes of accs with bytes 256 + 32k (no lists of
+    vector values in numba: their storage need not be 32-byte aligned)."""
+    return KA.dot_s(KA.zero8(), KA.load32(accs, 32 * k), accs.view(np.int8), 256 + 32 * k, accs.view(np.int32), k)
+
+
+@njit(cache=True)
+def _run_scale8v(s, soff, d, a, aoff, accs):
+    KA.scale8v(s, soff, d, a, aoff, _acc_k(accs, 0), _acc_k(accs, 1), _acc_k(accs, 2), _acc_k(accs, 3),
+               _acc_k(accs, 4), _acc_k(accs, 5), _acc_k(accs, 6), _acc_k(accs, 7))
+
+
+def _run_scale8v_py(s, soff, d, a, aoff, accs):
+    v = [KA.load32_py(accs, 32 * k) for k in range(8)]
+    z = A.zero8_py()
+    acc = [KA.dot_s_py(z, v[k], accs.view(np.int8), 256 + 32 * k, accs.view(np.int32), k) for k in range(8)]
+    KA.scale8v_py(s, soff, d, a, aoff, *acc)
+
+
+@needs_avx2
+def test_scale8v_equals_its_twin():
+    """scale8v (eight horizontal sums by a vphaddd transpose, then the float step for eight tokens)
+    equals its twin bit for bit, and the twin is kernel_dot's step token by token."""
+    for trial in range(100):
+        accs = _bytes(512)
+        a = RNG.standard_normal(20).astype(np.float32) * np.float32(RNG.choice([1e-30, 1.0, 1e30]))
+        s0 = RNG.standard_normal(20).astype(np.float32)
+        d = np.float32(RNG.standard_normal())
+        soff, aoff = int(RNG.integers(0, 12)), int(RNG.integers(0, 12))
+        got, want = s0.copy(), s0.copy()
+        _run_scale8v(got, soff, d, a, aoff, accs)
+        _run_scale8v_py(want, soff, d, a, aoff, accs)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        z = A.zero8_py()
+        for k in range(8):
+            acc = KA.dot_s_py(z, KA.load32_py(accs, 32 * k), accs.view(np.int8), 256 + 32 * k, accs.view(np.int32), k)
+            with np.errstate(over="ignore", invalid="ignore"):
+                step = np.float32(s0[soff + k] + np.float32(np.float32(d * a[aoff + k]) * np.float32(KA.hsum8_py(acc))))
+            assert step.view(np.uint32) == want[soff + k].view(np.uint32)
+
+
+@njit(cache=True)
+def _run_mins8(s, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride):
+    KA.mins8(s, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride)
+
+
+@needs_avx2
+def test_mins8_equals_its_twin():
+    """mins8 (the minimums' term for eight tokens of one row) equals its twin bit for bit, and the
+    twin is kernel_dot's step with the exact integer summ, token by token."""
+    for trial in range(100):
+        mn = _bytes(64, 0, 64, np.int32)
+        a2 = _bytes(200, -4064, 4065, np.int32).astype(np.float32)
+        a = RNG.standard_normal(20).astype(np.float32) * np.float32(RNG.choice([1e-30, 1.0, 1e30]))
+        s0 = RNG.standard_normal(20).astype(np.float32)
+        dm = np.float32(RNG.standard_normal())
+        soff, aoff, moff, a2off = (int(RNG.integers(0, 12)) for _ in range(4))
+        mstride, a2stride = int(RNG.integers(1, 7)), int(RNG.integers(8, 20))
+        got, want = s0.copy(), s0.copy()
+        _run_mins8(got, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride)
+        KA.mins8_py(want, soff, dm, a, aoff, mn, moff, mstride, a2, a2off, a2stride)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        for k in range(8):
+            summ = sum(int(mn[moff + j * mstride]) * int(a2[a2off + j * a2stride + k]) for j in range(8))
+            with np.errstate(over="ignore", invalid="ignore"):
+                step = np.float32(s0[soff + k] - np.float32(np.float32(dm * a[aoff + k]) * np.float32(summ)))
+            assert step.view(np.uint32) == want[soff + k].view(np.uint32)
+
+
 # ---------------------------------------------------------------- the kernels against the portable ones
 
 def _weights(kind, n, k, case):
@@ -241,16 +311,18 @@ def _avx2(kind, w, act, T, k):
     aq, ad, asum = act
     pad = KA.PAD
     xq2, xqu = np.zeros((T, k + pad), np.int8), np.zeros((T, k + pad), np.uint8)
-    asum2 = np.zeros((T, k // 32), np.int32)
-    K.permute_q8_K(xq2, xqu, asum2, aq, asum)
+    adT, a2T = np.zeros((k // 256, T), np.float32), np.zeros((k // 32, T), np.float32)
+    K.permute_q8_K(xq2, xqu, adT, a2T, aq, ad, asum)
     tile = (np.zeros((NR, KA.RT * 256), np.uint8), np.zeros((NR, KA.RT * 8), np.int32),
             np.zeros((NR, KA.RT * 8), np.int32), np.zeros((NR, 2 * KA.RT), np.float32),
             np.zeros((NR, KA.TB * KA.RT), np.float32))
     out = np.full((T, w.shape[0]), np.nan, np.float32)
-    K.matmul_kquant_avx2(out, *tile, w, xq2, xqu, ad, asum2, kind)
+    K.matmul_kquant_avx2(out, *tile, w, xq2, xqu, adT, a2T, kind)
     if T > 1:
         return out, None
     o1 = np.full(w.shape[0], np.nan, np.float32)
+    asum2 = np.zeros((1, k // 32), np.int32)
+    KA.pair_sums(asum2, asum)
     K.matvec_kquant_avx2(o1, tile[1], w, aq, ad, asum, asum2, kind)
     return out, o1
 
@@ -295,9 +367,11 @@ def test_permuted_activations():
     T, k = 3, 512
     aq = RNG.integers(-127, 128, (T, k)).astype(np.int8)
     asum = aq.reshape(T, -1, 16).astype(np.int32).sum(-1).astype(np.int32)
+    ad = RNG.random((T, k // 256)).astype(np.float32)
     xq2, xqu = np.zeros((T, k + 64), np.int8), np.zeros((T, k + 64), np.uint8)
-    asum2 = np.zeros((T, k // 32), np.int32)
-    K.permute_q8_K(xq2, xqu, asum2, aq, asum)
+    adT, a2T, asum2 = np.zeros((k // 256, T), np.float32), np.zeros((k // 32, T), np.float32), np.zeros((T, k // 32), np.int32)
+    K.permute_q8_K(xq2, xqu, adT, a2T, aq, ad, asum)
+    KA.pair_sums(asum2, asum)
     q = np.array([v + 8 * kk for v in range(8) for kk in range(4)])
     chunks = aq.reshape(T, -1, 32)
     np.testing.assert_array_equal(xqu[:, :k].reshape(T, -1, 32), (chunks[:, :, q].astype(np.int32) + 128).astype(np.uint8))
@@ -306,6 +380,8 @@ def test_permuted_activations():
     np.testing.assert_array_equal(xq2[:, :k].reshape(T, -1, 64)[:, :, :32], pairs[:, :, lo])
     np.testing.assert_array_equal(xq2[:, :k].reshape(T, -1, 64)[:, :, 32:], pairs[:, :, lo + 16])
     np.testing.assert_array_equal(asum2, chunks.astype(np.int32).sum(-1))
+    np.testing.assert_array_equal(a2T, asum2.T.astype(np.float32))
+    np.testing.assert_array_equal(adT, ad.T)
 
 
 # ---------------------------------------------------------------- a whole model
