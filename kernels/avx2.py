@@ -189,6 +189,28 @@ def store16x2_py(a, off, lo, hi):
 
 # ---------------------------------------------------------------- intrinsics
 
+def prefetch_py(a, off):
+    pass                                    # a hint: no effect on any result
+
+
+@fallback(prefetch_py)
+@intrinsic
+def prefetch(typingctx, a, off):
+    """prefetcht0 of the cache line holding a.flat[off] (a hint: never faults, even past the end)."""
+    if not (isinstance(a, types.Array) and a.layout == "C" and _int(off)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8p = ir.IntType(8).as_pointer()
+        p = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), i8p)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, L1, data
+        return context.get_dummy_value()
+    return types.none(a, off), codegen
+
+
 @fallback(zero16_py)
 @intrinsic
 def zero16(typingctx):
@@ -431,10 +453,16 @@ def store16x2(typingctx, a, off, lo, hi):
     return types.none(a, off, lo, hi), codegen
 
 
+PF_SUBS = 2   # decode: prefetch the sub-block this many ahead (2 KB each at R = 128)
+
+
 @njit(cache=True, parallel=True)
 def matvec_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
     """out [n_out] = W x for one token, equal bit for bit to kernels.quant.matvec_q4.
-    xp [1, K/2] paired activations; scr_acc [n_ranges, R] float32, scr_p [n_ranges, R] int16."""
+    xp [1, K/2] paired activations; scr_acc [n_ranges, R] float32, scr_p [n_ranges, R] int16.
+    The loads visit a sub-block's 16 x R bytes in R / 32 strided passes, which the hardware
+    prefetcher follows poorly, so each step also prefetches 32 bytes of the sub-block PF_SUBS
+    ahead, in memory order (as kernels.q8_avx2's matvec does)."""
     n_tiles, n_sub, _, R = qs.shape
     spg = n_sub // d.shape[1]
     n_ranges = scr_p.shape[0]
@@ -448,10 +476,12 @@ def matvec_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
             for sb in range(n_sub):
                 g = sb // spg
                 q0 = ((ti * n_sub + sb) * 16) * R
+                ahead = q0 + PF_SUBS * 16 * R
                 for rc in range(0, R, 32):
                     a0 = zero16()
                     a1 = zero16()
                     for j in range(16):
+                        prefetch(qs, ahead + (rc // 32 * 16 + j) * 32)   # the block in order, 32 bytes a step
                         b = bcast16(xp, sb * 16 + j)
                         a0 = maddubs_nib_lo(a0, qs, q0 + j * R + rc, b)
                         a1 = maddubs_nib_hi(a1, qs, q0 + j * R + rc, b)

@@ -50,11 +50,10 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, zero8
+from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, prefetch, zero8
 from .f16 import f16_to_f32, f16_to_f32_py
 from .kquant import QK_K, _scale_min_k4
 from .nojit import fallback
-from .q8_avx2 import prefetch
 
 
 class I8x32(types.Type):

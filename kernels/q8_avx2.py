@@ -52,7 +52,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, store8, zero8
+from .avx2 import _D, _c_array, _elem_ptr, _int, _load, _shuffle, _store, i32x8, prefetch, store8, zero8
 from .quant import add_block_q8_0
 from .nojit import fallback
 
@@ -125,10 +125,6 @@ def interleave_q8_py(w, woff, q, off0, off1):
 
 def widen32_py(w, woff, xq, xoff):
     _flat(w)[woff: woff + 32] = _flat(xq)[xoff: xoff + 32]
-
-
-def prefetch_py(a, off):
-    pass                                    # a hint: no effect on any result
 
 
 def bcast32_py(a, off):
@@ -241,24 +237,6 @@ def widen32(typingctx, w, woff, xq, xoff):
         _store(context, builder, sig.args[0], w, woff, builder.sext(v, ir.VectorType(ir.IntType(16), 32)))
         return context.get_dummy_value()
     return types.none(w, woff, xq, xoff), codegen
-
-
-@fallback(prefetch_py)
-@intrinsic
-def prefetch(typingctx, a, off):
-    """prefetcht0 of the cache line holding a.flat[off] (a hint: never faults, even past the end)."""
-    if not (isinstance(a, types.Array) and a.layout == "C" and _int(off)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i8p = ir.IntType(8).as_pointer()
-        p = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), i8p)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                            "llvm.prefetch.p0i8")
-        builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, L1, data
-        return context.get_dummy_value()
-    return types.none(a, off), codegen
 
 
 @fallback(bcast32_py)
