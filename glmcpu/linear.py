@@ -124,13 +124,17 @@ class Workspace:
 
     def q5_0_avx2(self):
         """q5_0's AVX2 scratch (allocated at load, when the first asks): the transposed activation
-        scales and sums xdt [max_in / 32, chunk] float32, xst int32, and scr [n_ranges, 8] float32."""
+        scales and sums xdt [max_in / 32, chunk] float32, xst int32, scr [n_ranges, 8] float32, and
+        the tiled matmul's per-range scratch (vals, wt, dr, accf; kernels.kquant_avx2)."""
         if not hasattr(self, "q5_xdt"):
+            KA, n = K.kquant_avx2, self.n_ranges
             c, m = self.xq.shape
             self.q5_xdt = np.zeros((m // 32, c), np.float32)
             self.q5_xst = np.zeros((m // 32, c), np.int32)
-            self.q5_scr = np.zeros((self.n_ranges, 8), np.float32)
-        return self.q5_xdt, self.q5_xst, self.q5_scr
+            self.q5_scr = np.zeros((n, 8), np.float32)
+            self.q5_tile = (np.zeros((n, KA.RT5 * 32), np.uint8), np.zeros((n, KA.RT5 * 32), np.uint8),
+                            np.zeros((n, KA.RT5), np.float32), np.zeros((n, KA.TB5 * KA.RT5), np.float32))
+        return self.q5_xdt, self.q5_xst, self.q5_scr, self.q5_tile
 
     def q8_0_avx2(self):
         """For the q8_0 Linears on the AVX2 kernels (allocated at load, when the first asks): per-range
@@ -245,6 +249,9 @@ class LinearKQuant:
         return out
 
 
+Q5_TILED_FROM = 32
+
+
 class LinearQ5_0:
     """q5_0: ggml's rows (w [n_out, n_in / 32 * 22]), the int8 activations of the other 32-block types."""
     type = "q5_0"
@@ -256,7 +263,7 @@ class LinearQ5_0:
         self.xq, self.xd, self.xs, _ = ws.act(self.n_in)
         self._run = self._avx2 if ws.avx2 else self._portable   # the same bits (kernels/kquant_avx2.py)
         if ws.avx2:
-            self.xdt, self.xst, self.scr = ws.q5_0_avx2()
+            self.xdt, self.xst, self.scr, self.tile = ws.q5_0_avx2()
 
     def __call__(self, out, x):
         T = x.shape[0]
@@ -270,6 +277,12 @@ class LinearQ5_0:
     def _avx2(self, out, xq, xd, xs):
         nb = self.n_in // 32
         xdt, xst = self.xdt[:nb], self.xst[:nb]
+        if xq.shape[0] == 1:
+            K.matvec_q5_0_avx2(out[0], self.w, xq, xd, xs, self.scr)
+            return
+        if xq.shape[0] >= Q5_TILED_FROM:      # enough tokens to pay for unpacking each block once
+            K.kquant_avx2.matmul_q5_0_tiled_avx2(out, *self.tile, self.w, xq, xd, xs)
+            return
         if xq.shape[0] >= 8:
             K.kquant_avx2.transpose_act(xdt, xst, xd, xs)
         K.matmul_q5_0_avx2(out, self.w, xq, xd, xs, xdt, xst, self.scr)

@@ -19,7 +19,7 @@ from .quant import (quantize_act, matvec_q4, matmul_q4, matvec_q8_0, matmul_q8_0
                     dequant_row_q4, dequant_row_q8_0, embed_q4, embed_q8_0)
 from .avx2 import pair_act, matvec_q4_avx2, matmul_q4_avx2, matmul_few_q4_avx2
 from .kquant import quantize_q8_K, matmul_kquant, dequant_rows_kquant, matmul_q5_0, dequant_rows_q5_0
-from .kquant_avx2 import permute_q8_K, matvec_kquant_avx2, matmul_kquant_avx2, matmul_q5_0_avx2
+from .kquant_avx2 import permute_q8_K, matvec_kquant_avx2, matmul_kquant_avx2, matvec_q5_0_avx2, matmul_q5_0_avx2
 from .q5_1 import matmul_q5_1, dequant_rows_q5_1
 from .q8_avx2 import matvec_q8_0_avx2, matmul_q8_0_avx2
 from .guard import has_nonfinite, first_nonfinite
@@ -33,7 +33,7 @@ __all__ = [
     "dequant_row_q4", "dequant_row_q8_0", "embed_q4", "embed_q8_0",
     "pair_act", "matvec_q4_avx2", "matmul_q4_avx2", "matmul_few_q4_avx2", "first_nonfinite", "has_nonfinite",
     "quantize_q8_K", "matmul_kquant", "dequant_rows_kquant", "matmul_q5_0", "dequant_rows_q5_0",
-    "permute_q8_K", "matvec_kquant_avx2", "matmul_kquant_avx2", "matmul_q5_0_avx2",
+    "permute_q8_K", "matvec_kquant_avx2", "matmul_kquant_avx2", "matvec_q5_0_avx2", "matmul_q5_0_avx2",
     "matmul_q5_1", "dequant_rows_q5_1",
     "matvec_q8_0_avx2", "matmul_q8_0_avx2",
 ]

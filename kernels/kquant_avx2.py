@@ -1119,22 +1119,33 @@ def q5_0_vals(typingctx, w, off):
         return None
 
     def codegen(context, builder, sig, args):
-        w, off = args
-        i32 = ir.IntType(32)
-        qs = _load(context, builder, sig.args[0], w, builder.add(off, ir.Constant(off.type, 6)),
-                   ir.VectorType(ir.IntType(8), 16))
-        v = _shuffle(builder, qs, qs, list(range(16)) * 2)
-        lo = builder.and_(v, ir.Constant(_B, [15] * 32))
-        hi = builder.lshr(v, ir.Constant(_B, [4] * 32))
-        q = _shuffle(builder, lo, hi, list(range(16)) + list(range(48, 64)))
-        p = builder.bitcast(_elem_ptr(context, builder, sig.args[0], w, builder.add(off, ir.Constant(off.type, 2))),
-                            i32.as_pointer())
-        qh = builder.bitcast(_splat(builder, _D, builder.load(p, align=1)), _B)
-        bits = builder.and_(_shuffle(builder, qh, qh, _Q5_HB), ir.Constant(_B, _Q5_BIT))
-        hb = builder.and_(builder.sext(builder.icmp_unsigned("!=", bits, ir.Constant(_B, None)), _B),
-                          ir.Constant(_B, [16] * 32))
-        return builder.or_(q, hb)
+        return _q5_0_vals(context, builder, sig.args[0], args[0], args[1])
     return i8x32(w, off), codegen
+
+
+def _q5_0_vals(context, builder, wty, w, off):
+    """q5_0_vals' code: the 32 values of the block at w.flat[off:off+22], in order."""
+    i32 = ir.IntType(32)
+    qs = _load(context, builder, wty, w, builder.add(off, ir.Constant(off.type, 6)), ir.VectorType(ir.IntType(8), 16))
+    v = _shuffle(builder, qs, qs, list(range(16)) * 2)
+    lo = builder.and_(v, ir.Constant(_B, [15] * 32))
+    hi = builder.lshr(v, ir.Constant(_B, [4] * 32))
+    q = _shuffle(builder, lo, hi, list(range(16)) + list(range(48, 64)))
+    p = builder.bitcast(_elem_ptr(context, builder, wty, w, builder.add(off, ir.Constant(off.type, 2))), i32.as_pointer())
+    qh = builder.bitcast(_splat(builder, _D, builder.load(p, align=1)), _B)
+    bits = builder.and_(_shuffle(builder, qh, qh, _Q5_HB), ir.Constant(_B, _Q5_BIT))
+    hb = builder.and_(builder.sext(builder.icmp_unsigned("!=", bits, ir.Constant(_B, None)), _B),
+                      ir.Constant(_B, [16] * 32))
+    return builder.or_(q, hb)
+
+
+def _hsum8x8(builder, sums):
+    """Lane k = the sum of the eight int32 lanes of sums[k] (a vphaddd tree)."""
+    hadd = lambda a, b: _x86(builder, "llvm.x86.avx2.phadd.d", _D, [a, b])
+    lo = hadd(hadd(sums[0], sums[1]), hadd(sums[2], sums[3]))    # [S0..S3 of the low halves | high]
+    hi = hadd(hadd(sums[4], sums[5]), hadd(sums[6], sums[7]))
+    return builder.add(_shuffle(builder, lo, hi, [0, 1, 2, 3, 8, 9, 10, 11]),
+                       _shuffle(builder, lo, hi, [4, 5, 6, 7, 12, 13, 14, 15]))
 
 
 @fallback(dot32_py)
@@ -1166,6 +1177,29 @@ def dot32x8_py(v, x, xoff, stride):
     return np.array([dot32_py(v, x, xoff + k * stride) for k in range(8)], np.int32)
 
 
+def q5_0_blocks8_py(w, off, x, xoff, xs, xd, boff):
+    isum = np.array([dot32_py(q5_0_vals_py(w, off + 22 * k), x, xoff + 32 * k) for k in range(8)], np.int32)
+    d = np.array([_fl(w)[off + 22 * k: off + 22 * k + 2].view(np.uint8).copy().view(np.float16)[0] for k in range(8)])
+    i = (isum.astype(np.int64) - 16 * _fl(xs)[boff: boff + 8].astype(np.int64)).astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return i.astype(np.float32) * (_fl(xd)[boff: boff + 8] * d.astype(np.float32))
+
+
+def dot4x4_py(acc, w, woff, x, xoff):
+    p = np.zeros(16, np.int64)
+    for k in range(4):
+        xb = np.tile(_fl(x)[xoff + 4 * k: xoff + 4 * k + 4], 8)
+        p += _maddubs_py(_fl(w)[woff + 32 * k: woff + 32 * k + 32].view(np.uint8), xb)
+    p16 = p.astype(np.int16)                                          # vpaddw wraps
+    return (acc.astype(np.int64) + p16.astype(np.int64)[0::2] + p16.astype(np.int64)[1::2]).astype(np.int32)
+
+
+def q5_rows_term_py(s, soff, isum, xs, xd, dd, ddoff):
+    i = (isum.astype(np.int64) - 16 * int(xs)).astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        _fl(s)[soff: soff + 8] = _fl(s)[soff: soff + 8] + i.astype(np.float32) * (np.float32(xd) * _fl(dd)[ddoff: ddoff + 8])
+
+
 def q5_0_term8_py(acc, isum, xs, xsoff, xd, xdoff, d):
     xsv = _fl(xs)[xsoff: xsoff + 8].astype(np.int64)
     i = (isum.astype(np.int64) - 16 * xsv).astype(np.int32)
@@ -1188,12 +1222,87 @@ def dot32x8(typingctx, v, x, xoff, stride):
             o = builder.add(xoff, builder.mul(stride, ir.Constant(stride.type, k)))
             p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [v, _load(context, builder, sig.args[1], x, o, _B)])
             sums.append(_x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, ir.Constant(_W, [1] * 16)]))
-        hadd = lambda a, b: _x86(builder, "llvm.x86.avx2.phadd.d", _D, [a, b])
-        lo = hadd(hadd(sums[0], sums[1]), hadd(sums[2], sums[3]))    # [S0..S3 of the low halves | high]
-        hi = hadd(hadd(sums[4], sums[5]), hadd(sums[6], sums[7]))
-        return builder.add(_shuffle(builder, lo, hi, [0, 1, 2, 3, 8, 9, 10, 11]),
-                           _shuffle(builder, lo, hi, [4, 5, 6, 7, 12, 13, 14, 15]))
+        return _hsum8x8(builder, sums)
     return i32x8(v, x, xoff, stride), codegen
+
+
+@fallback(q5_0_blocks8_py)
+@intrinsic
+def q5_0_blocks8(typingctx, w, off, x, xoff, xs, xd, boff):
+    """Lane k = the block term float(isum_k - 16 xs_k) * (xd_k * d_k) of block k of the eight q5_0
+    blocks at w.flat[off + 22 k:] against one token's int8 activations x.flat[xoff + 32 k:][:32]
+    (xs_k, xd_k at xs.flat[boff + k], xd.flat[boff + k]; d_k the block's f16 scale): the products
+    of kernels.kquant.matmul_q5_0's block terms, eight blocks at once (vphaddd tree, one vcvtph2ps
+    for the eight scales); the caller adds them to its running sum in block order."""
+    if not (_bytes_array(w) and _int(off) and _c_array(x, types.int8) and _int(xoff)
+            and _c_array(xs, types.int32) and _c_array(xd, types.float32) and _int(boff)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        w, off, x, xoff, xs, xd, boff = args
+        sums = []
+        h8 = ir.Constant(ir.VectorType(ir.IntType(16), 8), None)
+        i16p = ir.IntType(16).as_pointer()
+        for k in range(8):
+            bo = builder.add(off, ir.Constant(off.type, 22 * k))
+            v = _q5_0_vals(context, builder, sig.args[0], w, bo)
+            xo = builder.add(xoff, ir.Constant(xoff.type, 32 * k))
+            p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [v, _load(context, builder, sig.args[2], x, xo, _B)])
+            sums.append(_x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, ir.Constant(_W, [1] * 16)]))
+            dk = builder.load(builder.bitcast(_elem_ptr(context, builder, sig.args[0], w, bo), i16p), align=1)
+            h8 = builder.insert_element(h8, dk, ir.Constant(ir.IntType(32), k))
+        d = builder.fpext(builder.bitcast(h8, ir.VectorType(ir.HalfType(), 8)), _F)
+        xsv = _load(context, builder, sig.args[4], xs, boff, _D)
+        i = builder.sub(_hsum8x8(builder, sums), builder.mul(xsv, ir.Constant(_D, [16] * 8)))
+        sc = builder.fmul(_load(context, builder, sig.args[5], xd, boff, _F), d)
+        return builder.fmul(builder.sitofp(i, _F), sc)
+    return f32x8(w, off, x, xoff, xs, xd, boff), codegen
+
+
+@fallback(dot4x4_py)
+@intrinsic
+def dot4x4(typingctx, acc, w, woff, x, xoff):
+    """acc + vpmaddwd(sum over s < 4 of vpmaddubsw(w.flat[woff + 32 s:][:32] unsigned, the 4 bytes
+    x.flat[xoff + 4 s:][:4] broadcast to every int32 lane), ones): with w holding 8 rows x 4 values
+    per 32 bytes (row r in int32 lane r), int32 lane r += the dot of row r's 16 values with 16
+    activations. The int16 sums are exact: each vpmaddubsw pair is at most 2 * 31 * 128, four of
+    them 31744."""
+    if not (acc == i32x8 and _bytes_array(w) and _int(woff) and _c_array(x, types.int8) and _int(xoff)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, w, woff, x, xoff = args
+        i32 = ir.IntType(32)
+        p = None
+        for k in range(4):
+            wv = _load(context, builder, sig.args[1], w, builder.add(woff, ir.Constant(woff.type, 32 * k)), _B)
+            xp = builder.bitcast(_elem_ptr(context, builder, sig.args[3], x, builder.add(xoff, ir.Constant(xoff.type, 4 * k))),
+                                 i32.as_pointer())
+            xb = builder.bitcast(_splat(builder, _D, builder.load(xp, align=1)), _B)
+            m = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [wv, xb])
+            p = m if p is None else builder.add(p, m)
+        return builder.add(acc, _x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, ir.Constant(_W, [1] * 16)]))
+    return i32x8(acc, w, woff, x, xoff), codegen
+
+
+@fallback(q5_rows_term_py)
+@intrinsic
+def q5_rows_term(typingctx, s, soff, isum, xs, xd, dd, ddoff):
+    """s.flat[soff + r] += float(isum_r - 16 xs) * (xd * dd.flat[ddoff + r]) for the 8 rows r in the
+    lanes: kernels.kquant.matmul_q5_0's block term for one token and 8 rows (fmul, fmul, fadd)."""
+    if not (_c_array(s, types.float32) and _int(soff) and isum == i32x8 and _int(xs) and xd == types.float32
+            and _c_array(dd, types.float32) and _int(ddoff)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s, soff, isum, xs, xd, dd, ddoff = args
+        xs16 = builder.mul(builder.trunc(xs, ir.IntType(32)) if xs.type.width > 32 else xs, ir.Constant(ir.IntType(32), 16))
+        i = builder.sub(isum, _splat(builder, _D, xs16))
+        sc = builder.fmul(_splat(builder, _F, xd), _load(context, builder, sig.args[5], dd, ddoff, _F))
+        old = _load(context, builder, sig.args[0], s, soff, _F)
+        _store(context, builder, sig.args[0], s, soff, builder.fadd(old, builder.fmul(builder.sitofp(i, _F), sc)))
+        return context.get_dummy_value()
+    return types.none(s, soff, isum, xs, xd, dd, ddoff), codegen
 
 
 @fallback(q5_0_term8_py)
@@ -1223,6 +1332,34 @@ def transpose_act(xdt, xst, xd, xs):
         for t in range(T):
             xdt[b, t] = xd[t, b]
             xst[b, t] = xs[t, b]
+
+
+@njit(cache=True, parallel=True)  # no fastmath: equals kernels.kquant.matmul_q5_0 bit for bit
+def matvec_q5_0_avx2(out, w, xq, xd, xs, scr):
+    """out [n_out] for one token (xq [1, K], xd, xs [1, K/32] from kernels.quant.quantize_act), bit for
+    bit as kernels.kquant.matmul_q5_0: per row, the block terms of eight blocks at a time in one
+    vector (q5_0_blocks8), added to the row's running sum in block order; the last nb % 8 blocks
+    one by one. scr [n_ranges, 8] float32: per-range scratch."""
+    n_out = w.shape[0]
+    nb = w.shape[1] // 22
+    n_ranges = scr.shape[0]
+    per = (n_out + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        lanes = scr[c]
+        for r in range(c * per, min(n_out, (c + 1) * per)):
+            row0 = r * w.shape[1]
+            acc = np.float32(0.0)
+            b = 0
+            while b + 8 <= nb:
+                fstore8(lanes, 0, q5_0_blocks8(w, row0 + 22 * b, xq, 32 * b, xs, xd, b))
+                for k in range(8):
+                    acc = np.float32(acc + lanes[k])
+                b += 8
+            while b < nb:
+                v = q5_0_vals(w, row0 + 22 * b)
+                acc = _q5_0_term(acc, dot32(v, xq, 32 * b) - 16 * xs[0, b], xd[0, b], _f16_at(w, r, 22 * b))
+                b += 1
+            out[r] = acc
 
 
 @njit(cache=True, parallel=True)  # no fastmath: equals kernels.kquant.matmul_q5_0 bit for bit
@@ -1279,3 +1416,87 @@ def matmul_q5_0_avx2(out, w, xq, xd, xs, xdt, xst, scr):
                 if n > 3:
                     out[t + 3, r] = a3
                 t += 4
+
+
+RT5 = 16   # q5_0 prefill: rows per tile (two groups of 8, a row per int32 lane)
+TB5 = 128  # q5_0 prefill: tokens per block (each block of a tile is unpacked once per TB5 tokens)
+
+
+@njit(cache=True, inline="always")
+def _q5_tile_dots(accf, wt, g, dr, xq, xd, xs, t0, nt, b):
+    """accf[t RT5 + 8 g + r] += block b's term for rows 8 g + r (r < 8, one per int32 lane, wt's
+    interleaved values) and tokens t0 + t, t < nt. Register tile: 8 rows x 4 tokens."""
+    K = xq.shape[1]
+    w0 = 256 * g
+    t = 0
+    while t + 4 <= nt:
+        x0 = (t0 + t) * K + 32 * b
+        a0 = zero8()
+        a1 = zero8()
+        a2 = zero8()
+        a3 = zero8()
+        for h in range(2):
+            a0 = dot4x4(a0, wt, w0 + 128 * h, xq, x0 + 16 * h)
+            a1 = dot4x4(a1, wt, w0 + 128 * h, xq, x0 + K + 16 * h)
+            a2 = dot4x4(a2, wt, w0 + 128 * h, xq, x0 + 2 * K + 16 * h)
+            a3 = dot4x4(a3, wt, w0 + 128 * h, xq, x0 + 3 * K + 16 * h)
+        q5_rows_term(accf, t * RT5 + 8 * g, a0, xs[t0 + t, b], xd[t0 + t, b], dr, 8 * g)
+        q5_rows_term(accf, (t + 1) * RT5 + 8 * g, a1, xs[t0 + t + 1, b], xd[t0 + t + 1, b], dr, 8 * g)
+        q5_rows_term(accf, (t + 2) * RT5 + 8 * g, a2, xs[t0 + t + 2, b], xd[t0 + t + 2, b], dr, 8 * g)
+        q5_rows_term(accf, (t + 3) * RT5 + 8 * g, a3, xs[t0 + t + 3, b], xd[t0 + t + 3, b], dr, 8 * g)
+        t += 4
+    while t < nt:
+        x0 = (t0 + t) * K + 32 * b
+        a0 = zero8()
+        for h in range(2):
+            a0 = dot4x4(a0, wt, w0 + 128 * h, xq, x0 + 16 * h)
+        q5_rows_term(accf, t * RT5 + 8 * g, a0, xs[t0 + t, b], xd[t0 + t, b], dr, 8 * g)
+        t += 1
+
+
+@njit(cache=True, parallel=True)  # no fastmath: equals kernels.kquant.matmul_q5_0 bit for bit
+def matmul_q5_0_tiled_avx2(out, vals_sc, wt_sc, dr_sc, accf_sc, w, xq, xd, xs):
+    """out [T, n_out] for ggml's q5_0 rows w and the int8 activations (xq [T, K], xd, xs [T, K/32]),
+    bit for bit as kernels.kquant.matmul_q5_0, for many tokens: per tile of RT5 rows and block of
+    TB5 tokens, each 32-block is unpacked once (q5_0_vals) and its rows interleaved 4 values at a
+    time (wt: 8 rows per 32 bytes, row r in int32 lane r), so the products land in one lane per row
+    with no horizontal sums (dot4x4) and the float term runs over 8 rows at once (q5_rows_term).
+    Per-range scratch: vals_sc [n, RT5 * 32] uint8, wt_sc [n, RT5 * 32] uint8, dr_sc [n, RT5]
+    float32 (the rows' block scales), accf_sc [n, TB5 * RT5] float32."""
+    T, K = xq.shape
+    n_out = w.shape[0]
+    nb = w.shape[1] // 22
+    n_tiles = (n_out + RT5 - 1) // RT5
+    n_ranges = vals_sc.shape[0]
+    per = (n_tiles + n_ranges - 1) // n_ranges
+    for c in prange(n_ranges):
+        vals = vals_sc[c]
+        wt = wt_sc[c]
+        dr = dr_sc[c]
+        accf = accf_sc[c]
+        v32 = vals.view(np.int32)
+        wt32 = wt.view(np.int32)
+        for ti in range(c * per, min(n_tiles, (c + 1) * per)):
+            r0 = ti * RT5
+            nr = min(RT5, n_out - r0)
+            for t0 in range(0, T, TB5):
+                nt = min(TB5, T - t0)
+                for q in range(TB5 * RT5):
+                    accf[q] = np.float32(0.0)
+                for b in range(nb):
+                    for r in range(nr):
+                        store32(vals, 32 * r, q5_0_vals(w, (r0 + r) * w.shape[1] + 22 * b))
+                        dr[r] = _f16_at(w, r0 + r, 22 * b)
+                    for r in range(nr, RT5):
+                        for k in range(8):
+                            v32[8 * r + k] = 0
+                        dr[r] = np.float32(0.0)
+                    for g in range(RT5 // 8):
+                        for j in range(8):
+                            for rr in range(8):
+                                wt32[64 * g + 8 * j + rr] = v32[8 * (8 * g + rr) + j]
+                    for g in range(RT5 // 8):
+                        _q5_tile_dots(accf, wt, g, dr, xq, xd, xs, t0, nt, b)
+                for t in range(nt):
+                    for r in range(nr):
+                        out[t0 + t, r0 + r] = accf[t * RT5 + r]

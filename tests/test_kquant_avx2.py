@@ -476,6 +476,24 @@ def _run_q5x8_py(out, w, off, x, xoff, stride, xs, xd, d):
     KA.fstore8_py(out, 0, KA.q5_0_term8_py(acc, KA.dot32x8_py(v, x, xoff, stride), xs, 1, xd, 2, d))
 
 
+@njit(cache=True)
+def _run_q5b8(out, w, off, x, xoff, xs, xd, boff):
+    KA.fstore8(out, 0, KA.q5_0_blocks8(w, off, x, xoff, xs, xd, boff))
+
+
+@njit(cache=True)
+def _run_q5rows(s, soff, w, woff, x, xoff, xs, xd, dd, ddoff):
+    a = KA.dot4x4(KA.zero8(), w, woff, x, xoff)
+    a = KA.dot4x4(a, w, woff + 128, x, xoff + 16)
+    KA.q5_rows_term(s, soff, a, xs, xd, dd, ddoff)
+
+
+def _run_q5rows_py(s, soff, w, woff, x, xoff, xs, xd, dd, ddoff):
+    a = KA.dot4x4_py(A.zero8_py(), w, woff, x, xoff)
+    a = KA.dot4x4_py(a, w, woff + 128, x, xoff + 16)
+    KA.q5_rows_term_py(s, soff, a, xs, xd, dd, ddoff)
+
+
 @needs_avx2
 def test_q5_0_intrinsics_equal_their_twins():
     for trial in range(100):
@@ -489,6 +507,28 @@ def test_q5_0_intrinsics_equal_their_twins():
         _run_q5x8(got, w, off, x, xoff, stride, xs, xd, d)
         _run_q5x8_py(want, w, off, x, xoff, stride, xs, xd, d)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        # eight blocks of one row: random bytes, so some f16 scales are inf or NaN
+        w8 = _bytes(8 * 22 + 40)
+        boff = int(RNG.integers(0, 3))
+        got, want = np.zeros(8, np.float32), np.zeros(8, np.float32)
+        _run_q5b8(got, w8, off, x, xoff, xs, xd, boff)
+        want[:] = KA.q5_0_blocks8_py(w8, off, x, xoff, xs, xd, boff)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        # the tiled matmul's steps: 8 rows x 32 values (0..31) interleaved, one token
+        wt = _bytes(300, 0, 32)
+        dd = RNG.standard_normal(12).astype(np.float32)
+        s0 = RNG.standard_normal(12).astype(np.float32)
+        woff, soff = int(RNG.integers(0, 40)), int(RNG.integers(0, 4))
+        xsv, xdv = int(RNG.integers(-4064, 4065)), np.float32(RNG.standard_normal() * RNG.choice([1e-30, 1, 1e30]))
+        got, want = s0.copy(), s0.copy()
+        _run_q5rows(got, soff, wt, woff, x, xoff, xsv, xdv, dd, 2)
+        _run_q5rows_py(want, soff, wt, woff, x, xoff, xsv, xdv, dd, 2)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        rows = wt[woff: woff + 256].reshape(8, 8, 4).transpose(1, 0, 2).reshape(8, 32).astype(np.int64)
+        isum = rows @ x[xoff: xoff + 32].astype(np.int64) - 16 * xsv
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = s0[soff: soff + 8] + isum.astype(np.float32) * (xdv * dd[2:10])
+        np.testing.assert_array_equal(want[soff: soff + 8].view(np.uint32), ref.view(np.uint32))
     # the values themselves: ggml's q5_0 layout, from glmcpu.quants' reference quantizer
     from glmcpu import quants as Q
     blk = Q.quantize_q5_0(RNG.standard_normal((1, 32)).astype(np.float32))
@@ -498,10 +538,11 @@ def test_q5_0_intrinsics_equal_their_twins():
 
 @needs_avx2
 @pytest.mark.parametrize("n,k", [(37, 512), (1, 32), (21, 13696 // 4)])
-@pytest.mark.parametrize("T", [1, 2, 7, 8, 19, 64])
+@pytest.mark.parametrize("T", [1, 2, 7, 8, 19, 64, 300])
 @pytest.mark.parametrize("xcase", ["normal", "huge", "tiny", "nan"])
 def test_q5_0_avx2_equals_the_portable_kernel(n, k, T, xcase):
-    """matmul_q5_0_avx2 equals kernels.kquant.matmul_q5_0 bit for bit (a NaN activation block included)."""
+    """matmul_q5_0_avx2, matmul_q5_0_tiled_avx2 (any T) and for T = 1 matvec_q5_0_avx2 (eight blocks
+    a step) equal kernels.kquant.matmul_q5_0 bit for bit (a NaN activation block included)."""
     from glmcpu import quants as Q
     w = Q.quantize_q5_0(RNG.standard_normal((n, k)).astype(np.float32) * np.float32(RNG.random()))
     w[0, :22] = 0                                              # an all-zero block
@@ -517,3 +558,12 @@ def test_q5_0_avx2_equals_the_portable_kernel(n, k, T, xcase):
     KA.transpose_act(xdt, xst, xd, xs)
     K.matmul_q5_0_avx2(got, w, xq, xd, xs, xdt, xst, np.zeros((NR, 8), np.float32))
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    if T == 1:
+        one = np.full(n, 7.0, np.float32)
+        K.matvec_q5_0_avx2(one, w, xq, xd, xs, np.zeros((NR, 8), np.float32))
+        np.testing.assert_array_equal(one.view(np.uint32), want[0].view(np.uint32))
+    tile = (np.zeros((NR, KA.RT5 * 32), np.uint8), np.zeros((NR, KA.RT5 * 32), np.uint8),
+            np.zeros((NR, KA.RT5), np.float32), np.zeros((NR, KA.TB5 * KA.RT5), np.float32))
+    tiled = np.full((T, n), 7.0, np.float32)
+    KA.matmul_q5_0_tiled_avx2(tiled, *tile, w, xq, xd, xs)
+    np.testing.assert_array_equal(tiled.view(np.uint32), want.view(np.uint32))
