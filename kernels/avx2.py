@@ -577,7 +577,10 @@ def matmul_few_q4_avx2(out, scr_acc, scr_p, xp, xd, xs, qs, d, m, n_out):
                     acc[t, r] = 0.0
             for sb in range(n_sub):
                 g = sb // spg
-                _dot_sub_q4_direct(p, qs, ((ti * n_sub + sb) * 16) * R, xp, sb * 16, xstride, T, R)
+                q0 = ((ti * n_sub + sb) * 16) * R
+                for q in range(0, 16 * R, 64):        # the sub-block PF_SUBS ahead, as the matvec
+                    prefetch(qs, q0 + PF_SUBS * 16 * R + q)
+                _dot_sub_q4_direct(p, qs, q0, xp, sb * 16, xstride, T, R)
                 for t in range(T):
                     sxi = xs[t, sb]
                     add_block_q4(acc[t], p[t], 8 * sxi, xd[t, sb], sxi, d, m, ti, g)
