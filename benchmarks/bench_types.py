@@ -24,25 +24,8 @@ import time
 
 import numpy as np
 
-
-def _engine(path, threads, n_ctx):
-    import glmcpu
-    m = glmcpu.load(path, n_ctx=n_ctx, threads=threads, kv="f16")
-
-    def prefill(ids):
-        m.reset()
-        t0 = time.perf_counter()
-        m.forward(ids, all_logits=False)
-        return time.perf_counter() - t0
-
-    def decode(ctx_ids, n):
-        m.reset()
-        m.forward(ctx_ids, all_logits=False)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            m.forward([5], all_logits=False)
-        return time.perf_counter() - t0
-    return prefill, decode
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vs_llama_cpp import glmcpu_engine  # noqa: E402
 
 
 def main(argv=None):
@@ -61,7 +44,7 @@ def main(argv=None):
     n_ctx = max(args.prefill, args.context + args.decode) + 16
     rng = np.random.default_rng(0)
     names = [os.path.basename(f) for f in args.files]
-    engines = {n: _engine(f, args.threads, n_ctx) for n, f in zip(names, args.files)}
+    engines = {n: glmcpu_engine(f, args.threads, n_ctx) for n, f in zip(names, args.files)}
     nbytes = {n: weight_bytes_per_token(ModelFile(f)) for n, f in zip(names, args.files)}
     prompt = [int(t) for t in rng.integers(100, 60000, args.prefill)]
     ctx_ids = [int(t) for t in rng.integers(100, 60000, args.context)]

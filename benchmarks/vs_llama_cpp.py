@@ -21,7 +21,9 @@ import time
 import numpy as np
 
 
-def _glmcpu(path, threads, n_ctx):
+def glmcpu_engine(path, threads, n_ctx):
+    """(prefill(ids) -> seconds, decode(ctx_ids, n) -> seconds) of a glmcpu file: only the forward
+    passes timed, each from an empty cache."""
     import glmcpu
     m = glmcpu.load(path, n_ctx=n_ctx, threads=threads, kv="f16")
 
@@ -79,7 +81,7 @@ def main(argv=None):
     from llvmlite import binding as llvm_binding
     n_ctx = max(max(args.prefill), args.context + args.decode) + 16
     rng = np.random.default_rng(0)
-    engines = {"glmcpu": _glmcpu(args.glmq, args.threads, n_ctx), "llama.cpp": _llama(args.gguf, args.threads, n_ctx)}
+    engines = {"glmcpu": glmcpu_engine(args.glmq, args.threads, n_ctx), "llama.cpp": _llama(args.gguf, args.threads, n_ctx)}
     prompts = {p: [int(t) for t in rng.integers(100, 60000, p)] for p in args.prefill}
     ctx_ids = [int(t) for t in rng.integers(100, 60000, args.context)]
     for prefill, decode in engines.values():   # warm-up: compile, page the weights in
