@@ -25,7 +25,8 @@ AVX2 matmul runs at 160-230 GFLOP/s where the portable one ran at 100-135.
 K-quants (q4_k, q5_k, q6_k: ggml's rows as stored, kernels/kquant_avx2.py) and q5_0 have AVX2
 kernels equal to the portable ones bit for bit (glmcpu.kquants.kernel_dot's float order); `--compare
 q4_0,q4_k,q6_k,q5_0 --tokens 1,64` times them in alternation with q4_0. On the shared Zen 3 of
-2026-11-24, 1 thread (results/2026-11-24-kquant-avx2): decode q4_k 9.5 GB/s of weights where q4_0
+2026-11-24, 1 thread, with the first (class-pure, ggml-generic-order) kernels
+(results/2026-11-24-kquant-avx2; later figures: docs/PERFORMANCE.md): decode q4_k 9.5 GB/s of weights where q4_0
 reads 14.5 (portable q4_k: 0.2), q6_k 11; prefill q4_k 0.64-0.71x q4_0's tokens/s, q6_k 0.58-0.71x,
 q5_0 decode 6.3 GB/s (portable 0.3-0.4) and prefill ~0.4x. The integer part needs a scale multiply
 (vpmaddwd) per 64 weights besides vpmaddubsw, and each row's super-block scales and float terms
