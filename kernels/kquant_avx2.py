@@ -1134,7 +1134,7 @@ def _q5_0_vals(context, builder, wty, w, off):
     p = builder.bitcast(_elem_ptr(context, builder, wty, w, builder.add(off, ir.Constant(off.type, 2))), i32.as_pointer())
     qh = builder.bitcast(_splat(builder, _D, builder.load(p, align=1)), _B)
     bits = builder.and_(_shuffle(builder, qh, qh, _Q5_HB), ir.Constant(_B, _Q5_BIT))
-    hb = builder.and_(builder.sext(builder.icmp_unsigned("!=", bits, ir.Constant(_B, None)), _B),
+    hb = builder.and_(builder.sext(builder.icmp_unsigned("==", bits, ir.Constant(_B, _Q5_BIT)), _B),
                       ir.Constant(_B, [16] * 32))
     return builder.or_(q, hb)
 
@@ -1351,6 +1351,10 @@ def matvec_q5_0_avx2(out, w, xq, xd, xs, scr):
             acc = np.float32(0.0)
             b = 0
             while b + 8 <= nb:
+                pf = row0 + 22 * b + PF_BYTES
+                prefetch(w, pf)
+                prefetch(w, pf + 64)
+                prefetch(w, pf + 128)
                 fstore8(lanes, 0, q5_0_blocks8(w, row0 + 22 * b, xq, 32 * b, xs, xd, b))
                 for k in range(8):
                     acc = np.float32(acc + lanes[k])
