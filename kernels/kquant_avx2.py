@@ -532,13 +532,6 @@ def f16x2(typingctx, w, off):
     return types.UniTuple(types.float32, 2)(w, off), codegen
 
 
-def _hadd(builder, x, y):
-    """vphaddd's lanes: per 128-bit half (x0 + x1, x2 + x3, y0 + y1, y2 + y3)."""
-    even = _shuffle(builder, x, y, [0, 2, 8, 10, 4, 6, 12, 14])
-    odd = _shuffle(builder, x, y, [1, 3, 9, 11, 5, 7, 13, 15])
-    return builder.add(even, odd)
-
-
 @fallback(scale8v_py)
 @intrinsic
 def scale8v(typingctx, s, soff, d, a, aoff, a0, a1, a2, a3, a4, a5, a6, a7):
@@ -553,10 +546,7 @@ def scale8v(typingctx, s, soff, d, a, aoff, a0, a1, a2, a3, a4, a5, a6, a7):
     def codegen(context, builder, sig, args):
         s, soff, d, a, aoff = args[:5]
         v = args[5:]
-        c0 = _hadd(builder, _hadd(builder, v[0], v[1]), _hadd(builder, v[2], v[3]))
-        c1 = _hadd(builder, _hadd(builder, v[4], v[5]), _hadd(builder, v[6], v[7]))
-        isum = builder.add(_shuffle(builder, c0, c1, [0, 1, 2, 3, 8, 9, 10, 11]),
-                           _shuffle(builder, c0, c1, [4, 5, 6, 7, 12, 13, 14, 15]))
+        isum = _hsum8x8(builder, v)
         dv = builder.fmul(_splat(builder, _F, d), _load(context, builder, sig.args[3], a, aoff, _F))
         old = _load(context, builder, sig.args[0], s, soff, _F)
         _store(context, builder, sig.args[0], s, soff, builder.fadd(old, builder.fmul(dv, builder.sitofp(isum, _F))))
@@ -1139,6 +1129,13 @@ def _q5_0_vals(context, builder, wty, w, off):
     return builder.or_(q, hb)
 
 
+def _dot4(context, builder, xty, v, x, xoff):
+    """vpmaddwd(vpmaddubsw(v unsigned, x.flat[xoff:xoff+32] signed), ones): int32 lane l = the sum of
+    the four products of bytes 4l .. 4l + 3."""
+    p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [v, _load(context, builder, xty, x, xoff, _B)])
+    return _x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, ir.Constant(_W, [1] * 16)])
+
+
 def _hsum8x8(builder, sums):
     """Lane k = the sum of the eight int32 lanes of sums[k] (a vphaddd tree)."""
     hadd = lambda a, b: _x86(builder, "llvm.x86.avx2.phadd.d", _D, [a, b])
@@ -1158,12 +1155,7 @@ def dot32(typingctx, v, x, xoff):
 
     def codegen(context, builder, sig, args):
         v, x, xoff = args
-        p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [v, _load(context, builder, sig.args[1], x, xoff, _B)])
-        s = _x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, ir.Constant(_W, [1] * 16)])
-        s4 = builder.add(_shuffle(builder, s, s, [0, 1, 2, 3]), _shuffle(builder, s, s, [4, 5, 6, 7]))
-        s2 = builder.add(_shuffle(builder, s4, s4, [0, 1]), _shuffle(builder, s4, s4, [2, 3]))
-        c = lambda k: ir.Constant(ir.IntType(32), k)
-        return builder.add(builder.extract_element(s2, c(0)), builder.extract_element(s2, c(1)))
+        return _hsum(builder, _dot4(context, builder, sig.args[1], v, x, xoff))
     return types.int32(v, x, xoff), codegen
 
 
@@ -1220,8 +1212,7 @@ def dot32x8(typingctx, v, x, xoff, stride):
         sums = []
         for k in range(8):
             o = builder.add(xoff, builder.mul(stride, ir.Constant(stride.type, k)))
-            p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [v, _load(context, builder, sig.args[1], x, o, _B)])
-            sums.append(_x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, ir.Constant(_W, [1] * 16)]))
+            sums.append(_dot4(context, builder, sig.args[1], v, x, o))
         return _hsum8x8(builder, sums)
     return i32x8(v, x, xoff, stride), codegen
 
@@ -1246,9 +1237,7 @@ def q5_0_blocks8(typingctx, w, off, x, xoff, xs, xd, boff):
         for k in range(8):
             bo = builder.add(off, ir.Constant(off.type, 22 * k))
             v = _q5_0_vals(context, builder, sig.args[0], w, bo)
-            xo = builder.add(xoff, ir.Constant(xoff.type, 32 * k))
-            p = _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _W, [v, _load(context, builder, sig.args[2], x, xo, _B)])
-            sums.append(_x86(builder, "llvm.x86.avx2.pmadd.wd", _D, [p, ir.Constant(_W, [1] * 16)]))
+            sums.append(_dot4(context, builder, sig.args[2], v, x, builder.add(xoff, ir.Constant(xoff.type, 32 * k))))
             dk = builder.load(builder.bitcast(_elem_ptr(context, builder, sig.args[0], w, bo), i16p), align=1)
             h8 = builder.insert_element(h8, dk, ir.Constant(ir.IntType(32), k))
         d = builder.fpext(builder.bitcast(h8, ir.VectorType(ir.HalfType(), 8)), _F)
