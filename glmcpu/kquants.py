@@ -511,7 +511,7 @@ def _dot_finish(R, T, nb, aux32, d_w, d_a, dmin_w=None, sumi=None):
 
 
 def _rowsum_finish(R, T, nb, isum, d_w, d_a, dmin_w=None, summ=None):
-    """The float part of glmcpu's K-quant dots (KERNEL_DOT). isum [T, R, nb] int (the super-block's
+    """The float part of glmcpu's K-quant dots (kernel_dot). isum [T, R, nb] int (the super-block's
     exact integer sum of scale * q * a), d_w/dmin_w [R, nb] float32, d_a [T, nb], summ [T, R, nb]
     int -> [T, R] float32: per super-block i, in order,
         sumf += (d_w * d_a) * float32(isum);  sumf -= (dmin_w * d_a) * float32(summ)."""

@@ -98,7 +98,7 @@ class Workspace:
         per-range tile scratch (wq, sp, mn, dd, sumf) of kernels.kquant_avx2.matmul_kquant_avx2
         (the matvec uses sp) and views [chunk, ...] of the permuted activations of width n_in
         (xq2 [chunk, n_in + PAD] int8, xqu [chunk, n_in + PAD] uint8, rows padded, see the kernel)
-        and of the sub-block sums asum2 [chunk, n_in / 32] int32 (the matvec's), and flat buffers
+        and the matvec's sub-block sums asum2 [1, n_in / 32] int32 (one token), and flat buffers
         for the matmul's transposed scales adT [n_in / 256, T] and sub-block sums a2T [n_in / 32, T]
         (float32; shaped per call, as T varies)."""
         KA = K.kquant_avx2
@@ -111,7 +111,7 @@ class Workspace:
             self.kq_sumf = np.zeros((n, KA.TB * KA.RT), np.float32)
             self.kq_xq2 = np.zeros((c, m + KA.PAD), np.int8)
             self.kq_xqu = np.zeros((c, m + KA.PAD), np.uint8)
-            self.kq_asum2 = np.zeros((c, m // 32), np.int32)
+            self.kq_asum2 = np.zeros((1, m // 32), np.int32)
             self.kq_adT = np.zeros(m // 256 * c, np.float32)
             self.kq_a2T = np.zeros(m // 32 * c, np.float32)
         c = self.xq.shape[0]
@@ -119,7 +119,7 @@ class Workspace:
         def view(a, width):
             return a.reshape(-1)[: c * width].reshape(c, width)
         return ((self.kq_wq, self.kq_sp, self.kq_mn, self.kq_dd, self.kq_sumf),
-                (view(self.kq_xq2, n_in + KA.PAD), view(self.kq_xqu, n_in + KA.PAD), view(self.kq_asum2, n_in // 32),
+                (view(self.kq_xq2, n_in + KA.PAD), view(self.kq_xqu, n_in + KA.PAD), self.kq_asum2[:, : n_in // 32],
                  self.kq_adT, self.kq_a2T))
 
     def q5_0_avx2(self):
@@ -232,8 +232,8 @@ class LinearKQuant:
         xq2, xqu, asum2, adT, a2T = self.perm
         K.quantize_q8_K(aq, ad, asum, x)
         if T == 1:
-            K.kquant_avx2.pair_sums(asum2[:1], asum)
-            K.matvec_kquant_avx2(out[0], self.tile[1], self.w, aq, ad, asum, asum2[:1], self.kind)
+            K.kquant_avx2.pair_sums(asum2, asum)
+            K.matvec_kquant_avx2(out[0], self.tile[1], self.w, aq, ad, asum, asum2, self.kind)
         else:
             nb = self.n_in // 256
             adT, a2T = adT[: nb * T].reshape(nb, T), a2T[: 8 * nb * T].reshape(8 * nb, T)
@@ -275,14 +275,14 @@ class LinearQ5_0:
         K.matmul_q5_0(out, self.rq, self.rd, self.w, xq, xd)
 
     def _avx2(self, out, xq, xd, xs):
-        nb = self.n_in // 32
-        xdt, xst = self.xdt[:nb], self.xst[:nb]
         if xq.shape[0] == 1:
             K.matvec_q5_0_avx2(out[0], self.w, xq, xd, xs, self.scr)
             return
         if xq.shape[0] >= Q5_TILED_FROM:      # enough tokens to pay for unpacking each block once
             K.kquant_avx2.matmul_q5_0_tiled_avx2(out, *self.tile, self.w, xq, xd, xs)
             return
+        nb = self.n_in // 32
+        xdt, xst = self.xdt[:nb], self.xst[:nb]
         if xq.shape[0] >= 8:
             K.kquant_avx2.transpose_act(xdt, xst, xd, xs)
         K.matmul_q5_0_avx2(out, self.w, xq, xd, xs, xdt, xst, self.scr)
